@@ -1,0 +1,1 @@
+"""Real-time product analytics ingest: validate events, batch them into ClickHouse."""

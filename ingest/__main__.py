@@ -1,0 +1,40 @@
+"""Command line: `python -m ingest serve` runs the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import ConfigError, Settings
+
+
+def serve(settings: Settings) -> None:
+    """Run the HTTP service until SIGINT/SIGTERM; shutdown flushes the buffer before exit."""
+    from aiohttp import web
+
+    from .app import create_app
+
+    # run_app turns SIGINT and SIGTERM into a graceful shutdown that runs the cleanup contexts.
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
+                shutdown_timeout=5, print=lambda msg: logging.getLogger("ingest").info(msg.strip()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the ingest service (settings from the environment)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The HTTP edge: aiohttp routes for /events, /health, /metrics and /schema. Everything else knows no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from .buffer import Buffer, BufferFull
+from .config import Settings
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .pipeline import Pipeline
+from .schema import SCHEMA_TEXT, EventValidator, Row
+from .sink import Sink
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_REQUEST = 500
+_ACCEPTED_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+VALIDATOR = web.AppKey("validator", EventValidator)
+
+
+class RequestError(Exception):
+    """A whole-request problem: nothing from the request is stored."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": code, "message": message}, status, headers)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request body (gzip decoded); stops reading as soon as it exceeds the limit."""
+    if request.content_type not in _ACCEPTED_TYPES:
+        raise RequestError(415, "unsupported_media_type",
+                           f"Content-Type must be application/json or text/plain, got {request.content_type!r}")
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        raise RequestError(415, "unsupported_charset", f"charset must be utf-8, got {request.charset!r}")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise RequestError(415, "unsupported_encoding",
+                           f"Content-Encoding must be gzip, deflate or absent, got {encoding!r}")
+    too_large = RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # aiohttp inflates gzip bodies as they stream in, so this limit bounds the decoded size: a gzip
+    # bomb is cut off as soon as it passes the limit, never inflated whole.
+    chunks, size = [], 0
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except (ContentEncodingError, RequestPayloadError) as exc:
+        raise RequestError(400, "bad_gzip", f"body could not be decoded as {encoding}: {exc}") from None
+    body = b"".join(chunks)
+    return body
+
+
+def _parse_events(body: bytes) -> list[Any]:
+    if not body.strip():
+        raise RequestError(400, "empty_body", "body is empty; send a JSON array of events")
+    try:
+        events = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(events, list):
+        raise RequestError(400, "not_an_array", "body must be a JSON array of events")
+    if not events:
+        raise RequestError(400, "empty_array", "the array holds no events; send 1 to 500")
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise RequestError(413, "too_many_events",
+                           f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}")
+    return events
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Validate each event on its own, buffer the valid ones, and say which were refused and why."""
+    app = request.app
+    started = time.perf_counter()
+    try:
+        events = _parse_events(await _read_body(request, app[SETTINGS].max_body_bytes))
+    except RequestError as exc:
+        response = _error(exc.status, exc.code, exc.message)
+        if not request.content.at_eof():
+            # The rest of the body is unread (or undecodable): this connection cannot carry another request.
+            response.force_close()
+        return response
+    validator, metrics = app[VALIDATOR], app[METRICS]
+    now = time.time()
+    rows: list[Row] = []
+    rejected = []
+    for index, event in enumerate(events):
+        result = validator.to_row(event, now)
+        if isinstance(result, Row):
+            rows.append(result)
+        else:
+            rejected.append({"index": index, "errors": [e.as_dict() for e in result]})
+    if not rows:
+        metrics.events_rejected.inc(len(rejected))
+        return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
+                      "accepted": 0, "rejected": rejected}, 400)
+    pipeline = app[PIPELINE]
+    try:
+        pipeline.accept(rows)
+    except BufferFull as exc:
+        retry = max(1, math.ceil(app[SETTINGS].flush_interval_seconds))
+        return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later",
+                      {"Retry-After": str(retry)})
+    metrics.events_accepted.inc(len(rows))
+    metrics.events_rejected.inc(len(rejected))
+    metrics.request_duration.observe(time.perf_counter() - started)
+    return _json({"accepted": len(rows), "rejected": rejected}, 202)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """Buffer, delivery and storage state; 503 when the pipeline cannot deliver."""
+    pipeline, settings = request.app[PIPELINE], request.app[SETTINGS]
+    reachable = await asyncio.to_thread(pipeline.sink.ping)
+    request.app[METRICS].storage_up.set(1 if reachable else 0)
+    state, buffer = pipeline.state, pipeline.buffer
+    problems = []
+    if not reachable:
+        problems.append("storage unreachable")
+    if state.consecutive_failures:
+        problems.append(f"last {state.consecutive_failures} insert(s) failed")
+    if len(buffer) >= buffer.max_events:
+        problems.append("buffer full")
+    body = {
+        "status": "ok" if not problems else "failing",
+        "problems": problems,
+        "buffer": {"events": len(buffer), "capacity": buffer.max_events,
+                   "in_flight": len(buffer.in_flight.rows) if buffer.in_flight else 0},
+        "last_flush": {"at": _iso(state.last_success_at), "rows": state.last_success_rows,
+                       "error": state.last_error, "error_at": _iso(state.last_error_at),
+                       "consecutive_failures": state.consecutive_failures},
+        "storage": {"reachable": reachable, "target": settings.redacted_url,
+                    "database": settings.clickhouse_database},
+    }
+    return _json(body, 200 if not problems else 503)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.buffer_events.set(len(request.app[PIPELINE].buffer))
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_schema(request: web.Request) -> web.Response:
+    return web.Response(body=SCHEMA_TEXT, content_type="application/schema+json")
+
+
+@web.middleware
+async def json_errors_and_counts(request: web.Request, handler) -> web.StreamResponse:
+    """Count every answer by route and status, and answer aiohttp's own errors (404, 405...) in JSON too."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    return response
+
+
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open storage, start the flusher; on shutdown stop it and flush what is buffered."""
+    settings = app[SETTINGS]
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
+    await asyncio.to_thread(sink.open)
+    buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
+    pipeline = Pipeline(buffer, sink, app[METRICS], settings.retry_max_seconds)
+    app[PIPELINE] = pipeline
+    pipeline.start()
+    log.info("ingest ready: storage %s, database %s", settings.redacted_url, settings.clickhouse_database)
+    try:
+        yield
+    finally:
+        await pipeline.stop()
+        await asyncio.to_thread(sink.close)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The ingest application for these settings, with its own metrics registry."""
+    app = web.Application(middlewares=[json_errors_and_counts])
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[VALIDATOR] = EventValidator()
+    app.cleanup_ctx.append(_pipeline_ctx)
+    app.router.add_post("/events", post_events)
+    app.router.add_get("/health", get_health)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/schema", get_schema)
+    return app

@@ -1,0 +1,92 @@
+"""Settings: the one place that reads the environment, into one frozen object."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; defaults apply only when a variable is unset."""
+
+    host: str = "0.0.0.0"
+    port: int = 3001
+    # Embedded engine (chdb) under ./data by default; http(s)://user:pass@host:port for a server.
+    clickhouse_url: str = "chdb://" + str(Path("data/clickhouse").absolute())
+    clickhouse_database: str = "analytics"
+    flush_interval_seconds: float = 2.0
+    flush_events: int = 1000
+    buffer_max_events: int = 200_000
+    max_body_bytes: int = 1_048_576
+    retry_max_seconds: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not _DATABASE_NAME.match(self.clickhouse_database):
+            raise ConfigError(
+                f"CLICKHOUSE_DATABASE={self.clickhouse_database!r}: use letters, digits and _ "
+                "(it is quoted into DDL)"
+            )
+        if not self.clickhouse_url.startswith(("chdb://", "http://", "https://")):
+            raise ConfigError(
+                f"CLICKHOUSE_URL must start with chdb://, http:// or https:// (got {_redact(self.clickhouse_url)!r})"
+            )
+        for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
+                     "retry_max_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_ENV[name]} must be positive")
+        if self.buffer_max_events < self.flush_events:
+            raise ConfigError("INGEST_BUFFER_MAX_EVENTS must be at least INGEST_FLUSH_EVENTS")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"INGEST_PORT must be a TCP port, got {self.port}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from the environment; unset variables keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(_ENV[f.name])
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _PARSE[f.type](raw)
+            except ValueError:
+                raise ConfigError(f"{_ENV[f.name]}={raw!r} is not a valid {f.type}") from None
+        return cls(**values)
+
+    @property
+    def redacted_url(self) -> str:
+        """The storage URL with any password hidden, for logs and /health."""
+        return _redact(self.clickhouse_url)
+
+
+_ENV = {
+    "host": "INGEST_HOST",
+    "port": "INGEST_PORT",
+    "clickhouse_url": "CLICKHOUSE_URL",
+    "clickhouse_database": "CLICKHOUSE_DATABASE",
+    "flush_interval_seconds": "INGEST_FLUSH_INTERVAL_SECONDS",
+    "flush_events": "INGEST_FLUSH_EVENTS",
+    "buffer_max_events": "INGEST_BUFFER_MAX_EVENTS",
+    "max_body_bytes": "INGEST_MAX_BODY_BYTES",
+    "retry_max_seconds": "INGEST_RETRY_MAX_SECONDS",
+    "log_level": "INGEST_LOG_LEVEL",
+}
+ENV_VARS = tuple(_ENV.values())
+_PARSE = {"str": str, "int": int, "float": float}
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)

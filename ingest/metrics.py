@@ -1,0 +1,49 @@
+"""Prometheus metrics of the pipeline, on a registry each app owns (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    """Every metric the service exports; names are a contract with the Grafana pipeline dashboard."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_accepted = Counter(
+            "ingest_events_accepted", "Events that passed validation and were buffered for storage.", registry=r)
+        self.events_rejected = Counter(
+            "ingest_events_rejected", "Events refused by validation (reported to the client).", registry=r)
+        self.events_stored = Counter(
+            "ingest_events_stored", "Events ClickHouse confirmed as inserted.", registry=r)
+        self.requests = Counter(
+            "ingest_http_requests", "HTTP requests answered, by route and status code.", ["route", "status"],
+            registry=r)
+        self.request_duration = Histogram(
+            "ingest_http_request_duration_seconds", "Time to answer POST /events.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self.buffer_events = Gauge(
+            "ingest_buffer_events", "Events waiting for storage, including the batch being inserted.", registry=r)
+        self.buffer_capacity = Gauge(
+            "ingest_buffer_capacity_events", "Buffer size at which POST /events answers 503.", registry=r)
+        self.flush_duration = Histogram(
+            "ingest_flush_duration_seconds", "Time of one batch insert into ClickHouse (successful or not).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
+        self.flush_rows = Histogram(
+            "ingest_flush_rows", "Rows per successful batch insert.",
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000, 100000), registry=r)
+        self.flush_failures = Counter(
+            "ingest_flush_failures", "Batch inserts that failed and will be retried.", registry=r)
+        self.last_flush_success = Gauge(
+            "ingest_last_flush_success_timestamp_seconds", "Unix time of the last successful batch insert.",
+            registry=r)
+        self.storage_up = Gauge(
+            "ingest_storage_up", "1 if the last contact with ClickHouse succeeded, else 0.", registry=r)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,167 @@
+"""The event contract: the JSON Schema document, and turning one event into a table row or errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from typing import Any, NamedTuple
+
+import fastjsonschema
+import jsonschema
+import orjson
+
+SCHEMA_TEXT: bytes = resources.files(__package__).joinpath("event.schema.json").read_bytes()
+SCHEMA: dict[str, Any] = json.loads(SCHEMA_TEXT)
+
+# Rows older than the table's TTL would be deleted at the next merge, and a batch must never span
+# more partitions than ClickHouse accepts in one insert (monthly partitions: at most 5 here).
+MAX_AGE = timedelta(days=90)
+# Client clocks drift; an hour covers that without letting "future" events sit in live panels.
+MAX_FUTURE = timedelta(hours=1)
+
+COLUMNS = ("event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties")
+COLUMN_TYPES = ("LowCardinality(String)", "DateTime64(3, 'UTC')", "String", "Nullable(String)",
+                "LowCardinality(String)", "LowCardinality(FixedString(2))", "String")
+
+
+class Row(NamedTuple):
+    """One validated event, in table column order; timestamp as UTC epoch milliseconds."""
+
+    event_name: str
+    timestamp: int
+    session_id: str
+    user_id: str | None
+    device_type: str
+    country_code: str
+    properties: str
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """What is wrong with one event, and where (a JSON Pointer into the event)."""
+
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an RFC 3339 date-time with offset into an aware UTC datetime (ValueError if impossible)."""
+    m = _TIMESTAMP.fullmatch(text)
+    if m is None:
+        raise ValueError("not an RFC 3339 date-time with offset")
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = m.groups()
+    if second == "60":  # leap second: RFC 3339 allows it, Python does not; keep the instant
+        second = "59"
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    if zulu:
+        tz = timezone.utc
+    else:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise ValueError("offset out of range")
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-delta if sign == "-" else delta)
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+
+
+class EventValidator:
+    """Judges events one by one: a compiled validator for the common valid case, jsonschema for the report."""
+
+    def __init__(self, schema: dict[str, Any] = SCHEMA) -> None:
+        self._fast = fastjsonschema.compile(schema)
+        self._detailed = jsonschema.Draft7Validator(schema)
+
+    def errors(self, event: Any) -> list[FieldError]:
+        """Every schema error of one event, each with its JSON Pointer path; [] when valid."""
+        found = []
+        for err in sorted(self._detailed.iter_errors(event), key=lambda e: list(map(str, e.absolute_path))):
+            found.append(FieldError(_pointer(err.absolute_path), _message(err)))
+        return found
+
+    def is_valid(self, event: Any) -> bool:
+        """Schema check only (no timestamp window), via the compiled validator."""
+        try:
+            self._fast(event)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
+    def to_row(self, event: Any, now: float | None = None) -> Row | list[FieldError]:
+        """The table row for a valid event, or the list of what is wrong with it."""
+        if not self.is_valid(event):
+            errors = self.errors(event)
+            # The two validators read one document; if they ever disagree, fail closed and say so.
+            return errors or [FieldError("", "event does not match the schema")]
+        try:
+            ts = parse_timestamp(event["timestamp"])
+        except ValueError as exc:
+            return [FieldError("/timestamp", f"invalid date-time {event['timestamp']!r}: {exc}")]
+        now_dt = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+        if ts < now_dt - MAX_AGE:
+            return [FieldError("/timestamp", f"older than {MAX_AGE.days} days (the retention period)")]
+        if ts > now_dt + MAX_FUTURE:
+            return [FieldError("/timestamp", "more than 1 hour in the future; check the client clock")]
+        props = event.get("properties")
+        return Row(
+            event["event_name"],
+            (ts - _EPOCH) // _MILLISECOND,
+            event["session_id"],
+            event.get("user_id"),
+            event["device_type"],
+            event["country_code"],
+            orjson.dumps(props).decode() if props else "{}",
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def _pointer(path) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """A short message that does not echo a huge instance back at the client."""
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(k for k in err.instance if k not in allowed)
+        return f"unknown field(s): {', '.join(map(repr, extra))[:300]}"
+    if "propertyNames" in err.schema_path:
+        return f"property name {str(err.instance)[:80]!r} must match ^[A-Za-z_][A-Za-z0-9_.-]{{0,63}}$"
+    if err.validator == "required":
+        return err.message
+    if err.validator == "enum":
+        return f"must be one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "pattern":
+        return f"does not match {err.validator_value}"
+    if err.validator == "type":
+        expected = err.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"must be {expected}, got {_json_type(err.instance)}"
+    if err.validator == "maxLength":
+        return f"longer than {err.validator_value} characters"
+    if err.validator == "maxProperties":
+        return f"more than {err.validator_value} properties"
+    if err.validator == "anyOf":
+        return "must be a string of at most 1024 characters, a number, a boolean or null"
+    return err.message[:300]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )

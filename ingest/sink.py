@@ -1,0 +1,133 @@
+"""ClickHouse storage: one long-lived clickhouse-connect client, embedded (chdb://) or a server (http[s]://)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from .schema import COLUMN_TYPES, COLUMNS, Row
+
+log = logging.getLogger(__name__)
+TABLE = "events"
+
+
+def ddl_files() -> list[tuple[str, str]]:
+    """The numbered init DDL (name, text): from the installed package, or from the source checkout."""
+    packaged = resources.files(__package__).joinpath("ddl")
+    if packaged.is_dir():
+        files = [(p.name, p.read_text()) for p in packaged.iterdir() if p.name.endswith(".sql")]
+    else:
+        repo_dir = Path(__file__).resolve().parent.parent / "clickhouse" / "init" / "sql"
+        files = [(p.name, p.read_text()) for p in repo_dir.glob("*.sql")]
+    if not files:
+        raise FileNotFoundError("no init DDL found (clickhouse/init/sql/*.sql)")
+    return sorted(files)
+
+
+def statements(sql: str) -> Iterator[str]:
+    """Split a DDL file into statements (our DDL keeps ';' out of strings and comments)."""
+    without_comments = re.sub(r"--[^\n]*", "", sql)
+    for part in without_comments.split(";"):
+        if part.strip():
+            yield part.strip()
+
+
+class Sink:
+    """Writes batches of rows into the events table and answers whether storage is reachable.
+
+    Calls block (the embedded engine has no async client): run them in a worker thread. A lock keeps
+    the one client to one call at a time.
+    """
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.database = database
+        self.embedded = url.startswith("chdb://")
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Client:
+        if self._client is None:
+            if self.embedded:
+                Path(self.url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+                self.apply_schema()
+            self._client = clickhouse_connect.get_client(dsn=self.url, database=self.database)
+            self._insert_context = self._client.create_insert_context(
+                TABLE, column_names=list(COLUMNS), column_type_names=list(COLUMN_TYPES), column_oriented=True)
+        return self._client
+
+    def apply_schema(self) -> None:
+        """Create the database and run the init DDL; idempotent (IF NOT EXISTS everywhere)."""
+        admin = clickhouse_connect.get_client(dsn=self.url)
+        try:
+            admin.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        finally:
+            admin.close()
+        ddl = clickhouse_connect.get_client(dsn=self.url, database=self.database)
+        try:
+            for name, text in ddl_files():
+                for statement in statements(text):
+                    log.debug("applying %s", name)
+                    ddl.command(statement)
+        finally:
+            ddl.close()
+
+    def open(self) -> None:
+        """Connect now if possible; a server that is down is retried on the next call."""
+        with self._lock:
+            try:
+                self._connect()
+            except Exception as exc:  # noqa: BLE001 - reported, and retried by the flusher
+                if self.embedded:
+                    raise
+                log.warning("ClickHouse not reachable yet: %s", exc)
+
+    def insert(self, rows: list[Row], token: str) -> None:
+        """Insert rows column-wise; the token lets the server drop a repeat of this same batch."""
+        with self._lock:
+            client = self._connect()
+            ctx = self._insert_context
+            ctx.data = list(zip(*rows))
+            ctx.settings["insert_deduplication_token"] = token
+            try:
+                client.insert(context=ctx)
+            except Exception:
+                # A failed call may leave the HTTP session in doubt; start clean next time.
+                if not self.embedded:
+                    self._drop_client()
+                raise
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        """Run a read query; rows as tuples."""
+        with self._lock:
+            return self._connect().query(sql, parameters=parameters).result_rows
+
+    def ping(self) -> bool:
+        """True if ClickHouse answers a trivial query."""
+        with self._lock:
+            try:
+                self._connect().command("SELECT 1")
+                return True
+            except Exception as exc:  # noqa: BLE001 - the answer is False, the reason goes to the log
+                log.warning("ClickHouse ping failed: %s", exc)
+                if not self.embedded:
+                    self._drop_client()
+                return False
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_client()

@@ -1,0 +1,193 @@
+"""POST /events through real HTTP into the real embedded engine: what is stored, what is refused, and why."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from .support import count, event, eventually, iso
+
+
+async def test_posted_events_land_with_exact_column_values(make_client, ch):
+    client = await make_client()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    sent = [
+        event("page_view", timestamp=(now - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%S.250+02:00"),
+              session_id="s-A", user_id=None, device_type="mobile", country_code="US",
+              properties={"path": "/pricing", "ms": 12.5, "new": True, "ref": None}),
+        event("feature_used", at=now - timedelta(minutes=1), session_id="s-B", user_id="u-42",
+              properties={"feature": "export", "rows": 3}),
+        event("error_occurred", at=now - timedelta(seconds=1), session_id="s-B"),
+    ]
+    resp = await client.post("/events", json=sent)
+    assert resp.status == 202, await resp.text()
+    assert await resp.json() == {"accepted": 3, "rejected": []}
+
+    await eventually(lambda: count(ch) == 3)
+    rows = ch.query(
+        "SELECT event_name, toString(timestamp), session_id, user_id, device_type, toString(country_code),"
+        " properties,"
+        " toString(date), toTypeName(timestamp) FROM events ORDER BY timestamp").result_rows
+
+    first_utc = now - timedelta(minutes=3) - timedelta(hours=2) + timedelta(milliseconds=250)
+    assert rows[0][:6] == ("page_view", first_utc.strftime("%Y-%m-%d %H:%M:%S.250"), "s-A", None, "mobile", "US")
+    assert json.loads(rows[0][6]) == {"path": "/pricing", "ms": 12.5, "new": True, "ref": None}
+    assert rows[0][7] == first_utc.strftime("%Y-%m-%d")
+    assert rows[0][8] == "DateTime64(3, 'UTC')"
+    assert rows[1][0] == "feature_used" and rows[1][3] == "u-42"
+    assert json.loads(rows[1][6]) == {"feature": "export", "rows": 3}
+    assert rows[2][0] == "error_occurred" and json.loads(rows[2][6]) == {}
+
+
+async def test_mixed_batch_stores_exactly_the_valid_events(make_client, ch):
+    client = await make_client()
+    batch = [event(session_id=f"ok-{i}") for i in range(5)]
+    batch.insert(1, event(event_name="nope"))
+    batch.insert(4, event(country_code="germany"))
+    resp = await client.post("/events", json=batch)
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["accepted"] == 5
+    assert [r["index"] for r in body["rejected"]] == [1, 4]
+    assert body["rejected"][0]["errors"][0]["path"] == "/event_name"
+    assert body["rejected"][1]["errors"][0]["path"] == "/country_code"
+    await eventually(lambda: count(ch) == 5)
+    stored = {r[0] for r in ch.query("SELECT session_id FROM events").result_rows}
+    assert stored == {f"ok-{i}" for i in range(5)}
+
+
+def _without(field):
+    e = event()
+    del e[field]
+    return e
+
+
+PER_EVENT_ERRORS = [
+    pytest.param(event(event_name="signup"), "/event_name", "must be one of", id="unknown-event-name"),
+    pytest.param(event(event_name=7), "/event_name", "must be string", id="event-name-not-string"),
+    pytest.param(_without("event_name"), "", "'event_name' is a required property", id="missing-event-name"),
+    pytest.param(_without("timestamp"), "", "'timestamp' is a required property", id="missing-timestamp"),
+    pytest.param(event(timestamp="2026-11-27T10:00:00"), "/timestamp", "does not match", id="timestamp-without-offset"),
+    pytest.param(event(timestamp="yesterday"), "/timestamp", "does not match", id="timestamp-garbage"),
+    pytest.param(event(timestamp="2026-02-30T10:00:00Z"), "/timestamp", "invalid date-time", id="impossible-date"),
+    pytest.param(event(timestamp=1732700000), "/timestamp", "must be string", id="timestamp-number"),
+    pytest.param(event(at=datetime.now(timezone.utc) - timedelta(days=91)), "/timestamp", "older than 90 days",
+                 id="older-than-ttl"),
+    pytest.param(event(at=datetime.now(timezone.utc) + timedelta(hours=2)), "/timestamp", "in the future",
+                 id="far-future"),
+    pytest.param(event(session_id=""), "/session_id", "does not match", id="empty-session"),
+    pytest.param(event(session_id="a" * 129), "/session_id", "does not match", id="session-too-long"),
+    pytest.param(event(session_id="has space"), "/session_id", "does not match", id="session-with-space"),
+    pytest.param(event(user_id=""), "/user_id", "does not match", id="empty-user-id"),
+    pytest.param(event(user_id=12), "/user_id", "must be string or null", id="user-id-number"),
+    pytest.param(event(device_type="phone"), "/device_type", "must be one of", id="unknown-device"),
+    pytest.param(event(country_code="de"), "/country_code", "does not match", id="country-lowercase"),
+    pytest.param(event(country_code="DEU"), "/country_code", "does not match", id="country-alpha3"),
+    pytest.param(event(properties=[1]), "/properties", "must be object", id="properties-array"),
+    pytest.param(event(properties={"a": {"b": 1}}), "/properties/a", "must be a string", id="nested-property"),
+    pytest.param(event(properties={"a": "x" * 1025}), "/properties/a", "must be a string", id="property-too-long"),
+    pytest.param(event(properties={f"k{i}": i for i in range(33)}), "/properties", "more than 32",
+                 id="too-many-properties"),
+    pytest.param(event(properties={"bad key": 1}), "/properties", "property name 'bad key'", id="bad-property-name"),
+    pytest.param(event("feature_used", properties={}), "/properties", "'feature' is a required property",
+                 id="feature-used-without-feature"),
+    pytest.param(event("feature_used", properties={"feature": ""}), "/properties/feature", "",
+                 id="feature-empty"),
+    pytest.param(event(colour="red"), "", "unknown field(s): 'colour'", id="unknown-field"),
+    pytest.param("page_view", "", "must be object, got string", id="event-not-object"),
+]
+
+
+@pytest.mark.parametrize(("bad", "path", "message"), PER_EVENT_ERRORS)
+async def test_each_invalid_event_is_refused_with_path_and_message(make_client, ch, bad, path, message):
+    client = await make_client()
+    resp = await client.post("/events", json=[event(session_id="good"), bad])
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["accepted"] == 1
+    [rejected] = body["rejected"]
+    assert rejected["index"] == 1
+    assert any(e["path"] == path and message in e["message"] for e in rejected["errors"]), rejected
+    await eventually(lambda: count(ch) == 1)
+    assert ch.command("SELECT any(session_id) FROM events") == "good"
+
+
+async def test_a_request_whose_events_are_all_invalid_is_a_400_that_lists_them(make_client):
+    client = await make_client()
+    resp = await client.post("/events", json=[event(device_type="fridge"), event(country_code="X")])
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "no_valid_events" and body["accepted"] == 0
+    assert [r["index"] for r in body["rejected"]] == [0, 1]
+
+
+def _gzip_bomb() -> bytes:
+    return gzip.compress(b"[" + b" " * 50_000_000 + b"]")  # ~50 KB that would inflate to 50 MB
+
+
+WHOLE_REQUEST_ERRORS = [
+    pytest.param(b"[{", {}, 400, "malformed_json", id="malformed-json"),
+    pytest.param(b"", {}, 400, "empty_body", id="empty-body"),
+    pytest.param(b'{"event_name": "page_view"}', {}, 400, "not_an_array", id="object-not-array"),
+    pytest.param(b"[]", {}, 400, "empty_array", id="empty-array"),
+    pytest.param(b'"\xff"', {}, 400, "malformed_json", id="invalid-utf8"),
+    pytest.param(orjson.dumps([{}] * 501), {}, 413, "too_many_events", id="501-events"),
+    pytest.param(b"[" + b" " * 70_000 + b"]", {}, 413, "body_too_large", id="body-over-limit"),
+    pytest.param(_gzip_bomb(), {"Content-Encoding": "gzip"}, 413, "body_too_large", id="gzip-bomb"),
+    pytest.param(b"not gzip", {"Content-Encoding": "gzip"}, 400, "bad_gzip", id="not-gzip"),
+    pytest.param(orjson.dumps([event()]), {"Content-Encoding": "compress"}, 415, "unsupported_encoding", id="lzw-compress"),
+    pytest.param(orjson.dumps([event()]), {"Content-Type": "application/x-www-form-urlencoded"}, 415,
+                 "unsupported_media_type", id="form-content-type"),
+    pytest.param(orjson.dumps([event()]), {"Content-Type": "application/json; charset=latin-1"}, 415,
+                 "unsupported_charset", id="latin1-charset"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "code"), WHOLE_REQUEST_ERRORS)
+async def test_whole_request_errors_are_4xx_json_and_store_nothing(make_client, ch, body, headers, status, code):
+    client = await make_client(max_body_bytes=65_536)
+    headers = {"Content-Type": "application/json", **headers}
+    resp = await client.post("/events", data=body, headers=headers)
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    payload = await resp.json()
+    assert payload["error"] == code and payload["message"]
+    # A valid request right after proves the service is fine and the bad one stored nothing.
+    ok = await client.post("/events", json=[event(session_id="after")])
+    assert ok.status == 202
+    await eventually(lambda: count(ch) == 1)
+    assert ch.command("SELECT any(session_id) FROM events") == "after"
+
+
+async def test_sendbeacon_text_plain_and_gzip_bodies_are_accepted(make_client, ch):
+    client = await make_client()
+    beacon = await client.post("/events", data=orjson.dumps([event(session_id="beacon")]),
+                               headers={"Content-Type": "text/plain;charset=UTF-8"})
+    assert beacon.status == 202
+    zipped = await client.post("/events", data=gzip.compress(orjson.dumps([event(session_id="gz")] * 3)),
+                               headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert zipped.status == 202 and (await zipped.json())["accepted"] == 3
+    await eventually(lambda: count(ch) == 4)
+    assert count(ch, "session_id = 'gz'") == 3
+
+
+async def test_schema_endpoint_serves_the_validating_document(make_client):
+    client = await make_client()
+    resp = await client.get("/schema")
+    assert resp.status == 200
+    doc = json.loads(await resp.read())
+    assert doc["properties"]["event_name"]["enum"] == [
+        "page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"]
+    assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type", "country_code"}
+
+
+async def test_unknown_routes_and_methods_answer_json(make_client):
+    client = await make_client()
+    missing = await client.get("/nope")
+    assert missing.status == 404 and (await missing.json())["error"] == "not_found"
+    wrong = await client.get("/events")
+    assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
