@@ -42,3 +42,19 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interv
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool a test drives; skip without it locally, but fail in CI (where .ci/run installs it)."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: see .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
