@@ -43,8 +43,11 @@ def ch(chdb_path, settings):
 
 
 @pytest.fixture
-def make_client(aiohttp_client, settings) -> Callable:
-    """Start the real app (real engine, real HTTP) with settings overrides."""
+def make_client(ch, aiohttp_client, settings) -> Callable:
+    """Start the real app (real engine, real HTTP) with settings overrides.
+
+    Depends on `ch` so the database outlives the apps: their shutdown flush still has a table.
+    """
 
     async def make(**overrides: Any):
         return await aiohttp_client(create_app(dataclasses.replace(settings, **overrides)))

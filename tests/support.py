@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -33,10 +34,12 @@ def count(ch, where: str = "1") -> int:
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until predicate() is truthy (returns it) or fail after timeout seconds."""
+    """Poll until predicate() (sync or async) is truthy, returning it; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

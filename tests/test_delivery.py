@@ -1,0 +1,95 @@
+"""Buffer-to-ClickHouse delivery on the real engine: flush triggers, retries, back-pressure, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ingest.sink import Sink
+
+from .support import count, event, eventually
+
+
+def _break_storage(ch) -> None:
+    """A real insert failure: the table disappears (UNKNOWN_TABLE) until the schema is applied again."""
+    ch.command("DROP TABLE events SYNC")
+
+
+def _repair_storage(settings) -> None:
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+
+
+async def test_a_full_batch_is_flushed_without_waiting_for_the_interval(make_client, ch):
+    client = await make_client(flush_events=10, flush_interval_seconds=60)
+    await client.post("/events", json=[event(session_id=f"s{i}") for i in range(9)])
+    await asyncio.sleep(0.3)
+    assert count(ch) == 0  # 9 < 10 and the interval is a minute away
+    await client.post("/events", json=[event(session_id="s9")])
+    await eventually(lambda: count(ch) == 10, timeout=5)
+
+
+async def test_a_partial_batch_is_flushed_once_the_interval_passes(make_client, ch):
+    client = await make_client(flush_events=1000, flush_interval_seconds=0.5)
+    await client.post("/events", json=[event()])
+    assert count(ch) == 0
+    await eventually(lambda: count(ch) == 1, timeout=5)
+
+
+async def test_shutdown_flushes_what_is_buffered(make_client, ch):
+    client = await make_client(flush_events=1000, flush_interval_seconds=3600)
+    resp = await client.post("/events", json=[event(session_id=f"s{i}") for i in range(7)])
+    assert resp.status == 202
+    await asyncio.sleep(0.1)
+    assert count(ch) == 0
+    await client.close()  # runs the app's cleanup: stop the flusher, flush the rest
+    assert count(ch) == 7
+
+
+async def test_a_failed_insert_is_retried_until_it_lands_exactly_once(make_client, ch, settings):
+    client = await make_client(flush_interval_seconds=0.05, retry_max_seconds=0.2)
+    health = await client.get("/health")
+    assert health.status == 200
+    _break_storage(ch)
+    await client.post("/events", json=[event(session_id=f"s{i}") for i in range(5)])
+
+    async def failing_twice():
+        resp = await client.get("/health")
+        body = await resp.json()
+        return resp.status == 503 and body["last_flush"]["consecutive_failures"] >= 2 and body
+
+    body = await eventually(failing_twice, timeout=5)
+    assert "UNKNOWN_TABLE" in body["last_flush"]["error"] or "events" in body["last_flush"]["error"]
+    assert body["buffer"]["events"] == 5
+
+    _repair_storage(settings)
+    await eventually(lambda: count(ch) == 5, timeout=5)
+    await asyncio.sleep(0.3)  # a duplicate insert would show up by now
+    assert count(ch) == 5
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["last_flush"]["error"] is None
+
+
+async def test_a_full_buffer_answers_503_and_loses_nothing_it_accepted(make_client, ch, settings):
+    client = await make_client(buffer_max_events=20, flush_events=10, flush_interval_seconds=0.05,
+                               retry_max_seconds=0.1)
+    await client.get("/health")  # the table exists
+    _break_storage(ch)
+    accepted, statuses = 0, []
+    for i in range(8):
+        resp = await client.post("/events", json=[event(session_id=f"r{i}-{j}") for j in range(4)])
+        statuses.append(resp.status)
+        if resp.status == 202:
+            accepted += (await resp.json())["accepted"]
+        else:
+            assert resp.status == 503
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert (await resp.json())["error"] == "buffer_full"
+    assert accepted == 20 and statuses.count(503) == 3
+    health = await client.get("/health")
+    assert health.status == 503 and "buffer full" in (await health.json())["problems"]
+
+    _repair_storage(settings)
+    await eventually(lambda: count(ch) == 20, timeout=5)
+    # Room again: the service takes new events.
+    resp = await client.post("/events", json=[event(session_id="late")])
+    assert resp.status == 202
+    await eventually(lambda: count(ch) == 21, timeout=5)
