@@ -1,0 +1,57 @@
+"""Settings come from the environment in one place; the docs list exactly the variables the code reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ingest.config import ENV_VARS, ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_unset_variables_keep_the_documented_defaults():
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.clickhouse_database) == ("0.0.0.0", 3001, "analytics")
+    assert s.clickhouse_url.startswith("chdb:///") and s.clickhouse_url.endswith("data/clickhouse")
+    assert (s.flush_events, s.flush_interval_seconds) == (1000, 2.0)
+
+
+def test_set_variables_are_parsed_to_their_types():
+    s = Settings.from_env({"INGEST_PORT": "8080", "INGEST_FLUSH_INTERVAL_SECONDS": "0.5",
+                           "CLICKHOUSE_URL": "http://ingest:pw@ch:8123", "CLICKHOUSE_DATABASE": "prod_events"})
+    assert (s.port, s.flush_interval_seconds, s.clickhouse_database) == (8080, 0.5, "prod_events")
+    assert s.redacted_url == "http://ingest:***@ch:8123"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"INGEST_PORT": "http"}, "INGEST_PORT"),
+    ({"INGEST_PORT": "70000"}, "INGEST_PORT"),
+    ({"INGEST_FLUSH_EVENTS": "0"}, "INGEST_FLUSH_EVENTS"),
+    ({"CLICKHOUSE_DATABASE": "analytics; DROP"}, "CLICKHOUSE_DATABASE"),
+    ({"CLICKHOUSE_URL": "postgres://x"}, "CLICKHOUSE_URL"),
+    ({"INGEST_BUFFER_MAX_EVENTS": "10"}, "INGEST_BUFFER_MAX_EVENTS"),
+])
+def test_bad_values_are_refused_with_the_variable_named(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_env_example_documents_every_setting():
+    text = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.M))
+    assert set(ENV_VARS) <= documented
+
+
+def test_readme_configuration_table_lists_every_setting():
+    text = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", text, re.M))
+    assert set(ENV_VARS) <= rows
+
+
+def test_only_config_reads_the_environment():
+    offenders = [p.name for p in (ROOT / "ingest").glob("*.py")
+                 if p.name != "config.py" and re.search(r"os\.environ|getenv", p.read_text())]
+    assert offenders == []
