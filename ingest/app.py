@@ -18,7 +18,7 @@ from .buffer import Buffer, BufferFull
 from .config import Settings
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .pipeline import Pipeline
-from .schema import SCHEMA_TEXT, EventValidator, Row
+from .schema import SCHEMA_TEXT, EventValidator
 from .sink import Sink
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,7 @@ async def post_events(request: web.Request) -> web.Response:
             response.force_close()
         return response
     validator, metrics = app[VALIDATOR], app[METRICS]
-    now = time.time()
-    rows: list[Row] = []
-    rejected = []
-    for index, event in enumerate(events):
-        result = validator.to_row(event, now)
-        if isinstance(result, Row):
-            rows.append(result)
-        else:
-            rejected.append({"index": index, "errors": [e.as_dict() for e in result]})
+    rows, rejected = validator.judge(events)
     if not rows:
         metrics.events_rejected.inc(len(rejected))
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
