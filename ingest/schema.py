@@ -124,6 +124,11 @@ class EventValidator:
         return rows, rejected
 
     def _report(self, event: Any) -> list[FieldError]:
+        # jsonschema writes repr(instance) into its messages, and a value nested near orjson's depth
+        # limit (1024) overflows the stack there; no valid event nests deeper than properties -> scalar.
+        deep = _too_deep(event)
+        if deep is not None:
+            return [FieldError(deep, f"nested deeper than {MAX_DEPTH} levels")]
         # The two validators read one document; if they ever disagree, fail closed and say so.
         return self.errors(event) or [FieldError("", "event does not match the schema")]
 
@@ -147,6 +152,26 @@ class EventValidator:
         props = event.get("properties")
         return Row(event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
                    event["country_code"], orjson.dumps(props).decode() if props else "{}")
+
+
+MAX_DEPTH = 16  # far above any valid event (2), far below what jsonschema's recursion can report on
+
+
+def _too_deep(event: Any) -> str | None:
+    """JSON Pointer of the first container nested deeper than MAX_DEPTH in an event, else None.
+
+    Iterative, so the check itself cannot overflow; it runs only for events already found invalid.
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(event, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            return _pointer(path)
+        if type(value) is dict:
+            stack.extend((v, (*path, k)) for k, v in value.items() if type(v) in (dict, list))
+        elif type(value) is list:
+            stack.extend((v, (*path, i)) for i, v in enumerate(value) if type(v) in (dict, list))
+    return None
 
 
 def _window(now: float | None) -> tuple[int, int]:
