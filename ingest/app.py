@@ -11,11 +11,10 @@ from typing import Any, AsyncIterator
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from .buffer import Buffer, BufferFull
 from .config import Settings
+from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .pipeline import Pipeline
 from .schema import SCHEMA_TEXT, EventValidator
@@ -56,25 +55,28 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
         raise RequestError(415, "unsupported_charset", f"charset must be utf-8, got {request.charset!r}")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "deflate"):
+    if encoding not in ENCODINGS:
         raise RequestError(415, "unsupported_encoding",
-                           f"Content-Encoding must be gzip, deflate or absent, got {encoding!r}")
+                           f"Content-Encoding must be gzip, deflate, br or absent, got {encoding[:100]!r}")
     too_large = RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    # aiohttp inflates gzip bodies as they stream in, so this limit bounds the decoded size: a gzip
-    # bomb is cut off as soon as it passes the limit, never inflated whole.
-    chunks, size = [], 0
+    # The decoder stops as soon as the decoded size passes the limit: a compression bomb is cut off, never
+    # inflated whole. The raw size is capped too, or empty compressed blocks could stream in forever.
+    decoder = BodyDecoder(encoding, limit)
+    chunks, raw = [], 0
     try:
         async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > limit:
+            raw += len(chunk)
+            if raw > limit:
                 raise too_large
-            chunks.append(chunk)
-    except (ContentEncodingError, RequestPayloadError) as exc:
+            chunks.append(decoder.feed(chunk))
+        decoder.finish()
+    except TooLarge:
+        raise too_large from None
+    except DecodeError as exc:
         raise RequestError(400, "bad_gzip", f"body could not be decoded as {encoding}: {exc}") from None
-    body = b"".join(chunks)
-    return body
+    return b"".join(chunks)
 
 
 def _parse_events(body: bytes) -> list[Any]:
@@ -176,6 +178,10 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
         response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
         if isinstance(exc, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    except Exception:
+        # A bug, not bad input (the fuzz tests hunt for these): log it, and still answer in JSON.
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        response = _error(500, "internal_error", "the service failed to answer this request; it is logged")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
     return response
 
@@ -199,7 +205,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """The ingest application for these settings, with its own metrics registry."""
-    app = web.Application(middlewares=[json_errors_and_counts])
+    # auto_decompress off: ingest.decoding decodes bodies, so every broken one gets a JSON answer.
+    app = web.Application(middlewares=[json_errors_and_counts], handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[VALIDATOR] = EventValidator()
