@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 import orjson
 from aiohttp import web
 
+from . import access
 from .buffer import Buffer, BufferFull
 from .config import Settings
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
@@ -206,12 +207,16 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """The ingest application for these settings, with its own metrics registry."""
     # auto_decompress off: ingest.decoding decodes bodies, so every broken one gets a JSON answer.
-    app = web.Application(middlewares=[json_errors_and_counts], handler_args={"auto_decompress": False})
+    # The access log class applies wherever an access log is on (tests, other runners): it masks ?key=.
+    app = web.Application(middlewares=[json_errors_and_counts, *access.middlewares(settings)],
+                          handler_args={"auto_decompress": False,
+                                        "access_log_class": access.RedactingAccessLogger})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[VALIDATOR] = EventValidator()
     app.cleanup_ctx.append(_pipeline_ctx)
     app.router.add_post("/events", post_events)
+    app.router.add_route("OPTIONS", "/events", access.preflight_handler(settings))
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/schema", get_schema)

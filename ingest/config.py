@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -14,6 +14,8 @@ class ConfigError(ValueError):
 
 
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_WRITE_KEY = re.compile(r"^[!-~]+$")  # sent in a header or a query string: printable ASCII, no spaces
+_ORIGIN = re.compile(r"^(\*|null|[a-z][a-z0-9+.-]*://[^/?#\s]+)$", re.I)  # scheme://host[:port], no path
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Settings:
     max_body_bytes: int = 1_048_576
     retry_max_seconds: float = 30.0
     log_level: str = "INFO"
+    # Empty: POST /events is open. repr=False so a logged Settings never shows a key.
+    write_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Empty: no CORS headers and no origin checks; `*` allows any origin.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _DATABASE_NAME.match(self.clickhouse_database):
@@ -50,6 +56,13 @@ class Settings:
             raise ConfigError("INGEST_BUFFER_MAX_EVENTS must be at least INGEST_FLUSH_EVENTS")
         if not 0 < self.port < 65536:
             raise ConfigError(f"INGEST_PORT must be a TCP port, got {self.port}")
+        if not all(_WRITE_KEY.match(k) for k in self.write_keys):
+            # The value is a secret: say what is wrong, never echo it.
+            raise ConfigError("INGEST_WRITE_KEYS: each key must be printable ASCII without spaces or commas")
+        for origin in self.cors_origins:
+            if not _ORIGIN.match(origin):
+                raise ConfigError(f"INGEST_CORS_ORIGINS: {origin[:100]!r} is not an origin "
+                                  "(scheme://host[:port], no path or trailing slash; or *)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -83,9 +96,17 @@ _ENV = {
     "max_body_bytes": "INGEST_MAX_BODY_BYTES",
     "retry_max_seconds": "INGEST_RETRY_MAX_SECONDS",
     "log_level": "INGEST_LOG_LEVEL",
+    "write_keys": "INGEST_WRITE_KEYS",
+    "cors_origins": "INGEST_CORS_ORIGINS",
 }
 ENV_VARS = tuple(_ENV.values())
-_PARSE = {"str": str, "int": int, "float": float}
+
+
+def _comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+_PARSE = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list}
 
 
 def _redact(url: str) -> str:
