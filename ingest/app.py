@@ -17,6 +17,7 @@ from .buffer import Buffer, BufferFull
 from .config import Settings
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .openapi import OPENAPI_TEXT
 from .pipeline import Pipeline
 from .schema import SCHEMA_TEXT, EventValidator
 from .sink import Sink
@@ -169,6 +170,10 @@ async def get_schema(request: web.Request) -> web.Response:
     return web.Response(body=SCHEMA_TEXT, content_type="application/schema+json")
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_TEXT, content_type="application/json")
+
+
 @web.middleware
 async def json_errors_and_counts(request: web.Request, handler) -> web.StreamResponse:
     """Count every answer by route and status, and answer aiohttp's own errors (404, 405...) in JSON too."""
@@ -220,4 +225,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/schema", get_schema)
+    app.router.add_get("/openapi.json", get_openapi)
     return app
