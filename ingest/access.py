@@ -100,8 +100,6 @@ def middlewares(settings: Settings) -> list:
 
     @web.middleware
     async def cors(request: web.Request, handler) -> web.StreamResponse:
-        if not origins.enabled:
-            return await handler(request)
         origin = request.headers.get("Origin")
         if origin is not None and not origins.allows(origin) and _is_event_post(request):
             # A simple request (sendBeacon, text/plain) skips the preflight; refuse it here so nothing
@@ -116,7 +114,7 @@ def middlewares(settings: Settings) -> list:
 
     @web.middleware
     async def write_key(request: web.Request, handler) -> web.StreamResponse:
-        if keys.required and _is_event_post(request):
+        if _is_event_post(request):
             presented = presented_key(request.headers, request.query)
             if not keys.accepts(presented):
                 # Neither the presented key nor any known key goes into the answer or the log.
@@ -127,7 +125,8 @@ def middlewares(settings: Settings) -> list:
                                {"WWW-Authenticate": 'Bearer realm="ingest", error="invalid_token"'})
         return await handler(request)
 
-    return [cors, write_key]
+    # Only what is configured joins the chain: the default (open, no CORS) adds nothing to any request.
+    return [m for m, on in ((cors, origins.enabled), (write_key, keys.required)) if on]
 
 
 def preflight_handler(settings: Settings):
