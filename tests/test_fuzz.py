@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 
 import orjson
 import pytest
@@ -16,8 +17,8 @@ from ingest.app import create_app
 from .live import serving
 from .support import count, event
 
-# Bounded so the whole module stays within a few seconds on 2 shared cores; CI runs the same numbers.
-EXAMPLES = 100
+# Bounded so the whole module stays within a few seconds on 2 shared cores; FUZZ_EXAMPLES=2000 for a long hunt.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = hyp_settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -27,6 +28,8 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 content_types = st.sampled_from(["application/json", "text/plain;charset=UTF-8", "application/json; charset=utf-8",
                                  "text/plain; charset=latin-1", "application/xml", "", "application/x-ndjson"])
 encodings = st.sampled_from([None, None, None, "gzip", "deflate", "br", "identity", "zstd", "x-bogus"])
+# Anything a header value can carry (requests refuses leading whitespace, and HTTP strips it anyway).
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip)
 
 
 class Tally:
@@ -91,6 +94,16 @@ def test_arbitrary_bytes_get_a_json_answer_never_a_5xx(live, body, content_type,
     if encoding:
         headers["Content-Encoding"] = encoding
     _post(live, body, headers)
+
+
+@FUZZ
+@given(content_type=st.builds("{}{}".format, st.sampled_from(["application/json", "text/plain", ""]), header_text),
+       encoding=st.none() | header_text)
+def test_arbitrary_content_type_and_encoding_headers_get_a_json_answer(live, content_type, encoding):
+    headers = {"Content-Type": content_type}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    _post(live, orjson.dumps([event()]), headers)
 
 
 @FUZZ
