@@ -134,7 +134,7 @@ def _render_stat(r: PanelResult) -> list[str]:
     # Grafana's stat: the last value is the big number, the whole series is the sparkline.
     values = [row[1] for row in r.rows]
     last = next((v for v in reversed(values) if v is not None), None)
-    return [f"  {_fmt_num(last)}   {sparkline(values)}"]
+    return [f"  {_fmt_num(last)} {r.columns[1].replace('_', ' ')}   {sparkline(values)}"]
 
 
 def _render_timeseries(r: PanelResult, max_rows: int = 12) -> list[str]:
