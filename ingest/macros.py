@@ -39,11 +39,6 @@ class QueryRange:
         if self.start > self.end:
             raise ValueError("QueryRange start is after its end")
 
-    @classmethod
-    def last(cls, duration: timedelta, end: datetime, interval: timedelta = timedelta(seconds=1)) -> "QueryRange":
-        """The range `now-<duration>` .. `now` as the time picker sends it."""
-        return cls(end - duration, end, interval)
-
 
 # --- value renderings, as the Go code prints them ------------------------------------------------------------
 
@@ -125,45 +120,37 @@ def _args(name: str, args: list[str], n: int) -> list[str]:
     return args
 
 
-def _time_filter(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeFilter", args, 1)
-    return f"{c} >= {_datetime(r.start)} AND {c} <= {_datetime(r.end)}"
+def _between(column: str, r: QueryRange, render: Callable[[datetime], str]) -> str:
+    return f"{column} >= {render(r.start)} AND {column} <= {render(r.end)}"
 
 
-def _time_filter_ms(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeFilter_ms", args, 1)
-    return f"{c} >= {_datetime64(r.start)} AND {c} <= {_datetime64(r.end)}"
-
-
-def _date_filter(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("dateFilter", args, 1)
-    return f"{c} >= {_date(r.start)} AND {c} <= {_date(r.end)}"
+def _range_filter(name: str, render: Callable[[datetime], str]) -> Macro:
+    """$__<name>(col): col between the range's ends, both inclusive, rendered at the macro's precision."""
+    def macro(r: QueryRange, args: list[str]) -> str:
+        (column,) = _args(name, args, 1)
+        return _between(column, r, render)
+    return macro
 
 
 def _date_time_filter(r: QueryRange, args: list[str]) -> str:
     d, t = _args("dateTimeFilter", args, 2)
-    return (f"({d} >= {_date(r.start)} AND {d} <= {_date(r.end)}) AND "
-            f"({t} >= {_datetime(r.start)} AND {t} <= {_datetime(r.end)})")
+    return f"({_between(d, r, _date)}) AND ({_between(t, r, _datetime)})"
 
 
-def _time_interval(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeInterval", args, 1)
-    return f"toStartOfInterval(toDateTime({c}), INTERVAL {_interval_seconds(r)} second)"
+def _bound(name: str, op: str, end: bool) -> Macro:
+    """$__timeFrom(col) / $__timeTo(col): one side of the range as a comparison."""
+    def macro(r: QueryRange, args: list[str]) -> str:
+        (column,) = _args(name, args, 1)
+        return f"{column} {op} {_datetime(r.end if end else r.start)}"
+    return macro
 
 
-def _time_interval_ms(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeInterval_ms", args, 1)
-    return f"toStartOfInterval(toDateTime64({c}, 3), INTERVAL {max(_interval_ms(r), 1)} millisecond)"
-
-
-def _time_from(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeFrom", args, 1)
-    return f"{c} >= {_datetime(r.start)}"
-
-
-def _time_to(r: QueryRange, args: list[str]) -> str:
-    (c,) = _args("timeTo", args, 1)
-    return f"{c} <= {_datetime(r.end)}"
+def _bucket(name: str, render: Callable[[str, QueryRange], str]) -> Macro:
+    """$__timeInterval(col) and its _ms twin: the panel interval's bucket start."""
+    def macro(r: QueryRange, args: list[str]) -> str:
+        (column,) = _args(name, args, 1)
+        return render(column, r)
+    return macro
 
 
 def _time_group(r: QueryRange, args: list[str]) -> str:
@@ -189,20 +176,22 @@ MACROS: dict[str, Macro] = {
     "table": _needs_context("table"),
     "column": _needs_context("column"),
     # the plugin's overrides and extensions
-    "timeFilter": _time_filter,
-    "timeFrom": _time_from,
-    "timeTo": _time_to,
+    "timeFilter": _range_filter("timeFilter", _datetime),
+    "timeFrom": _bound("timeFrom", ">=", end=False),
+    "timeTo": _bound("timeTo", "<=", end=True),
     "timeGroup": _time_group,
     "fromTime": lambda r, a: _datetime(r.start),
     "toTime": lambda r, a: _datetime(r.end),
     "fromTime_ms": lambda r, a: _datetime64(r.start),
     "toTime_ms": lambda r, a: _datetime64(r.end),
-    "timeFilter_ms": _time_filter_ms,
-    "dateFilter": _date_filter,
+    "timeFilter_ms": _range_filter("timeFilter_ms", _datetime64),
+    "dateFilter": _range_filter("dateFilter", _date),
     "dateTimeFilter": _date_time_filter,
     "dt": _date_time_filter,
-    "timeInterval": _time_interval,
-    "timeInterval_ms": _time_interval_ms,
+    "timeInterval": _bucket("timeInterval", lambda c, r: (
+        f"toStartOfInterval(toDateTime({c}), INTERVAL {_interval_seconds(r)} second)")),
+    "timeInterval_ms": _bucket("timeInterval_ms", lambda c, r: (
+        f"toStartOfInterval(toDateTime64({c}, 3), INTERVAL {max(_interval_ms(r), 1)} millisecond)")),
     "interval_s": lambda r, a: str(_interval_seconds(r)),
 }
 
@@ -245,20 +234,24 @@ def strip_comments(sql: str) -> str:
     return "".join(out)
 
 
-def _closing_paren(s: str, open_at: int) -> int:
-    depth, i = 0, open_at
+def _unquoted(s: str):
+    """(index, char) of every character outside '...' and "..." literals."""
+    i = 0
     while i < len(s):
-        c = s[i]
-        if c in "'\"":
+        if s[i] in "'\"":
             i = _skip_quoted(s, i)
             continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        yield i, s[i]
         i += 1
+
+
+def _closing_paren(s: str) -> int:
+    """Index of the ')' closing the '(' that starts s, or -1."""
+    depth = 0
+    for i, c in _unquoted(s):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == ")" and depth == 0:
+            return i
     return -1
 
 
@@ -267,12 +260,8 @@ def split_args(raw: str) -> list[str]:
     raw = raw.strip()
     if not raw:
         return []
-    args, depth, start, i = [], 0, 0, 0
-    while i < len(raw):
-        c = raw[i]
-        if c in "'\"":
-            i = _skip_quoted(raw, i)
-            continue
+    args, depth, start = [], 0, 0
+    for i, c in _unquoted(raw):
         if c == "(":
             depth += 1
         elif c == ")":
@@ -282,7 +271,6 @@ def split_args(raw: str) -> list[str]:
         elif c == "," and depth == 0:
             args.append(raw[start:i].strip())
             start = i + 1
-        i += 1
     if depth:
         raise MacroError("unbalanced parentheses in arguments")
     args.append(raw[start:].strip())
@@ -309,7 +297,7 @@ def expand(sql: str, query_range: QueryRange) -> str:
             rest = rest[after:]
             raw = ""
             if rest.startswith("("):
-                end = _closing_paren(rest, 0)
+                end = _closing_paren(rest)
                 if end >= 0:  # unbalanced: macropro treats the call as having no arguments
                     raw, rest = rest[1:end], rest[end + 1:]
             try:

@@ -108,3 +108,12 @@ def test_the_pinned_plugin_version_is_what_the_dashboard_and_versions_file_name(
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             assert target["pluginVersion"] == PLUGIN_VERSION
+
+
+def test_an_unclosed_argument_list_counts_as_no_arguments_and_quoted_parens_do_not_close():
+    # macropro leaves the text after an unbalanced '(' alone and calls the macro without arguments.
+    assert expand("$__fromTime(x", R) == f"toDateTime({F})(x"
+    with pytest.raises(MacroError, match="received 0"):
+        expand("$__timeFilter(x", R)
+    assert expand("$__timeFilter(f(')', a))", R) == (
+        f"f(')', a) >= toDateTime({F}) AND f(')', a) <= toDateTime({T})")
