@@ -337,7 +337,8 @@ def test_promtool_accepts_the_prometheus_config():
 # --- git ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path, ignored", [
-    (".env", True), ("data/clickhouse/store/x", True), (".venv/bin/python", True), ("venv/bin/python", True),
+    (".env", True), (".env.production", True), ("data/clickhouse/store/x", True), ("backups/ch.tar.gz", True),
+    (".venv/bin/python", True), ("venv/bin/python", True),
     (".env.example", False), ("docker-compose.yml", False), ("clickhouse/users.d/ingest.xml", False),
 ])
 def test_gitignore_keeps_secrets_data_and_virtualenvs_out(path, ignored):

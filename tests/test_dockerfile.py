@@ -121,7 +121,7 @@ def dockerignored(path: str) -> bool:
 
 
 def test_the_build_context_keeps_secrets_and_local_state_out_but_not_what_the_image_copies():
-    for path in [".env", ".env.production", ".venv/bin/python", "data/clickhouse/x", ".git/config",
+    for path in [".env", ".env.production", ".venv/bin/python", "data/clickhouse/x", "backups/ch.tar.gz", ".git/config",
                  "ingest/__pycache__/app.cpython-313.pyc"]:
         assert dockerignored(path), path
     for source in copied_sources():
