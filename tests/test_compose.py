@@ -243,7 +243,11 @@ def test_ingest_gets_no_other_users_secret():
 def test_the_clickhouse_plugin_is_pinned_once_to_an_exact_version():
     pins = re.findall(r"grafana-clickhouse-datasource@([^\s\"',]+)", (ROOT / "docker-compose.yml").read_text())
     assert len(pins) == 1 and re.fullmatch(r"\d+\.\d+\.\d+", pins[0]), pins
-    assert services()["grafana"]["environment"]["GF_PLUGINS_PREINSTALL_SYNC"] == f"grafana-clickhouse-datasource@{pins[0]}"
+    grafana = services()["grafana"]["environment"]
+    # Grafana 12 reads [plugins] preinstall_sync as id@version and installs it before serving.
+    assert grafana["GF_PLUGINS_PREINSTALL_SYNC"] == f"grafana-clickhouse-datasource@{pins[0]}"
+    assert grafana["GF_PLUGINS_PREINSTALL_AUTO_UPDATE"] == "false"
+    assert "GF_INSTALL_PLUGINS" not in grafana, "deprecated; Grafana 12 migrates it to preinstall_sync"
 
 
 def dashboards() -> list[Path]:
