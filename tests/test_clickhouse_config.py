@@ -206,3 +206,14 @@ def test_compose_mounts_exactly_these_directories():
     mounts = {spec.split(":")[0] for spec in compose()["services"]["clickhouse"]["volumes"]}
     assert {"./clickhouse/users.d", "./clickhouse/config.d", "./clickhouse/init"} <= mounts
     assert Path(USERS_D).is_dir() and Path(CONFIG_D).is_dir()
+
+
+def test_the_image_init_runs_as_admin_and_leaves_the_read_only_users_d_alone():
+    """With CLICKHOUSE_USER/PASSWORD set, the image writes users.d/default-user.xml unless told not
+    to; users.d is mounted read-only, so that write would stop the container."""
+    env = clickhouse_env()
+    assert env["CLICKHOUSE_SKIP_USER_SETUP"] == "1"
+    assert env["CLICKHOUSE_USER"] == "admin" and "admin" in users()
+    assert env["CLICKHOUSE_PASSWORD"] == stack_env()["CLICKHOUSE_ADMIN_PASSWORD"]
+    mounts = {spec.split(":")[1]: spec.split(":")[-1] for spec in compose()["services"]["clickhouse"]["volumes"]}
+    assert mounts["/etc/clickhouse-server/users.d"] == "ro"
