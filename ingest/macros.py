@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-PLUGIN_VERSION = "4.23.0"
+PLUGIN_VERSION = "4.23.3"
 
 PREFIX = "$__"
 

@@ -158,13 +158,19 @@ def test_panel_sql_filters_time_with_the_plugin_macros():
         "template variables do not reach the alert backend or the panels command"
 
 
-def test_every_env_var_a_provisioning_file_reads_is_in_env_example():
-    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+def grafana_provisioning_variables() -> set[str]:
+    """Environment variables Grafana substitutes into the provisioning files."""
     used = set()
     for path in PROVISIONING:
         # Values only (comments may mention $VAR); $$ is a literal dollar; $__macros are not variables.
         for value in _strings(yaml.safe_load(path.read_text())):
             used |= set(re.findall(r"(?<!\$)\$\{?([A-Z][A-Z0-9_]*)\}?", value))
+    return used
+
+
+def test_every_env_var_a_provisioning_file_reads_is_in_env_example():
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    used = grafana_provisioning_variables()
     assert used >= {"CLICKHOUSE_HOST", "CLICKHOUSE_DATABASE", "CLICKHOUSE_GRAFANA_PASSWORD", "PROMETHEUS_URL",
                     "ALERT_WEBHOOK_URL"}
     assert used <= documented, f"undocumented in .env.example: {sorted(used - documented)}"
