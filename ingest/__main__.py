@@ -1,4 +1,4 @@
-"""Command line: `python -m ingest serve` runs the service."""
+"""Command line: `python -m ingest serve` runs the service; `python -m ingest panels` prints the dashboard."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the ingest service (settings from the environment)")
+    panels = commands.add_parser("panels", help="print the product dashboard's panels, run on the configured ClickHouse")
+    panels.add_argument("--range", choices=["1h", "6h", "24h"], default="1h", help="time range ending now")
+    panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
+    panels.add_argument("--dashboard", help="dashboard JSON to read (default: grafana/dashboards/product-analytics.json)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -33,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         serve(settings)
+    elif args.command == "panels":
+        from . import panels as panels_command
+
+        return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
     return 0
 
 

@@ -17,10 +17,12 @@ from .buffer import Buffer, BufferFull
 from .config import Settings
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .deadletter import DeadLetterFile
 from .openapi import OPENAPI_TEXT
-from .pipeline import Pipeline
+from .pipeline import Pipeline, WalError
 from .schema import SCHEMA_TEXT, EventValidator
 from .sink import Sink
+from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +119,14 @@ async def post_events(request: web.Request) -> web.Response:
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
                       "accepted": 0, "rejected": rejected}, 400)
     pipeline = app[PIPELINE]
+    retry = {"Retry-After": str(max(1, math.ceil(app[SETTINGS].flush_interval_seconds)))}
     try:
-        pipeline.accept(rows)
+        await pipeline.accept(rows)
     except BufferFull as exc:
-        retry = max(1, math.ceil(app[SETTINGS].flush_interval_seconds))
-        return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later",
-                      {"Retry-After": str(retry)})
+        return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later", retry)
+    except WalError:
+        return _error(503, "log_unavailable", "events could not be written to the local log; nothing stored, "
+                      "retry later", retry)
     metrics.events_accepted.inc(len(rows))
     metrics.events_rejected.inc(len(rejected))
     metrics.request_duration.observe(time.perf_counter() - started)
@@ -144,8 +148,10 @@ async def get_health(request: web.Request) -> web.Response:
         problems.append("storage unreachable")
     if state.consecutive_failures:
         problems.append(f"last {state.consecutive_failures} insert(s) failed")
-    if len(buffer) >= buffer.max_events:
+    if buffer.full:
         problems.append("buffer full")
+    if state.wal_error:
+        problems.append(state.wal_error)
     body = {
         "status": "ok" if not problems else "failing",
         "problems": problems,
@@ -162,7 +168,10 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    metrics.buffer_events.set(len(request.app[PIPELINE].buffer))
+    pipeline = request.app[PIPELINE]
+    metrics.buffer_events.set(len(pipeline.buffer))
+    if pipeline.wal is not None:
+        metrics.wal_bytes.set(await asyncio.to_thread(pipeline.wal.disk_bytes))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -198,7 +207,12 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
     await asyncio.to_thread(sink.open)
     buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
-    pipeline = Pipeline(buffer, sink, app[METRICS], settings.retry_max_seconds)
+    wal = WriteAheadLog(settings.wal_dir) if settings.durability == "wal" else None
+    pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=DeadLetterFile(settings.dead_letter_path),
+                        retry_max_seconds=settings.retry_max_seconds)
+    replayed = await asyncio.to_thread(pipeline.recover)
+    if replayed:
+        log.info("recovered %d acknowledged events from the write-ahead log", replayed)
     app[PIPELINE] = pipeline
     pipeline.start()
     log.info("ingest ready: storage %s, database %s", settings.redacted_url, settings.clickhouse_database)
@@ -206,6 +220,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await pipeline.stop()
+        if wal is not None:
+            wal.close()
         await asyncio.to_thread(sink.close)
 
 

@@ -16,9 +16,14 @@ class BufferFull(Exception):
 
 @dataclass
 class Batch:
-    """Rows handed to storage together; the token makes a repeated insert of it a no-op on the server."""
+    """Rows handed to storage together, with the write-ahead-log range they came from (if any).
+
+    The token makes a repeated insert of the same batch a no-op on the server.
+    """
 
     rows: list[Row]
+    first_lsn: int | None = None
+    last_lsn: int | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
 
@@ -33,7 +38,10 @@ class Buffer:
         self.flush_interval = flush_interval
         self._clock = clock
         self._waiting: list[Row] = []
+        self._first_lsn: int | None = None
+        self._last_lsn: int | None = None
         self._oldest_at: float | None = None
+        self._reserved = 0
         self.in_flight: Batch | None = None
 
     def __len__(self) -> int:
@@ -43,13 +51,39 @@ class Buffer:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def add(self, rows: Sequence[Row]) -> None:
-        """Queue rows, all or none: raises BufferFull if they do not fit."""
-        if len(self) + len(rows) > self.max_events:
-            raise BufferFull(f"buffer holds {len(self)} of {self.max_events} events")
+    @property
+    def full(self) -> bool:
+        return len(self) + self._reserved >= self.max_events
+
+    def reserve(self, n: int) -> None:
+        """Hold room for n rows that are still being written to the log; raises BufferFull."""
+        if len(self) + self._reserved + n > self.max_events:
+            raise BufferFull(f"buffer holds {len(self) + self._reserved} of {self.max_events} events")
+        self._reserved += n
+
+    def release(self, n: int) -> None:
+        """Give back a reservation whose rows will not come (the log write failed)."""
+        self._reserved -= n
+
+    def add(self, rows: Sequence[Row], lsn: int | None = None, *, reserved: bool = False,
+            bounded: bool = True) -> None:
+        """Queue rows, all or none: raises BufferFull unless their room was reserved (or, for replay, unbounded)."""
+        if reserved:
+            self._reserved -= len(rows)
+        elif bounded and len(self) + self._reserved + len(rows) > self.max_events:
+            raise BufferFull(f"buffer holds {len(self) + self._reserved} of {self.max_events} events")
         if rows and not self._waiting:
             self._oldest_at = self._clock()
         self._waiting.extend(rows)
+        if lsn is not None:
+            if self._first_lsn is None:
+                self._first_lsn = lsn
+            self._last_lsn = lsn
+
+    def restore(self, batch: Batch) -> None:
+        """Put back a batch that must go first, unchanged (an insert interrupted by a crash)."""
+        assert self.in_flight is None
+        self.in_flight = batch
 
     def seconds_until_due(self) -> float | None:
         """0 when a batch should go now, the wait otherwise, None when nothing is waiting."""
@@ -63,8 +97,9 @@ class Buffer:
     def take(self) -> Batch | None:
         """The batch to insert next: the unfinished one, else everything waiting (batches grow under load)."""
         if self.in_flight is None and self._waiting:
-            self.in_flight = Batch(self._waiting)
+            self.in_flight = Batch(self._waiting, self._first_lsn, self._last_lsn)
             self._waiting = []
+            self._first_lsn = self._last_lsn = None
             self._oldest_at = None
         return self.in_flight
 

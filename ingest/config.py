@@ -32,6 +32,11 @@ class Settings:
     buffer_max_events: int = 200_000
     max_body_bytes: int = 1_048_576
     retry_max_seconds: float = 30.0
+    # "wal": a request is on local disk (fsynced) before its 202, and survives a crash. "memory": faster,
+    # but events acknowledged and not yet inserted are lost if the process dies.
+    durability: str = "wal"
+    wal_dir: str = str(Path("data/wal").absolute())
+    dead_letter_path: str = str(Path("data/dead-letter.jsonl").absolute())
     log_level: str = "INFO"
     # Empty: POST /events is open. repr=False so a logged Settings never shows a key.
     write_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -54,6 +59,8 @@ class Settings:
                 raise ConfigError(f"{_ENV[name]} must be positive")
         if self.buffer_max_events < self.flush_events:
             raise ConfigError("INGEST_BUFFER_MAX_EVENTS must be at least INGEST_FLUSH_EVENTS")
+        if self.durability not in ("wal", "memory"):
+            raise ConfigError(f"INGEST_DURABILITY must be wal or memory, got {self.durability!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"INGEST_PORT must be a TCP port, got {self.port}")
         if not all(_WRITE_KEY.match(k) for k in self.write_keys):
@@ -95,6 +102,9 @@ _ENV = {
     "buffer_max_events": "INGEST_BUFFER_MAX_EVENTS",
     "max_body_bytes": "INGEST_MAX_BODY_BYTES",
     "retry_max_seconds": "INGEST_RETRY_MAX_SECONDS",
+    "durability": "INGEST_DURABILITY",
+    "wal_dir": "INGEST_WAL_DIR",
+    "dead_letter_path": "INGEST_DEAD_LETTER_PATH",
     "log_level": "INGEST_LOG_LEVEL",
     "write_keys": "INGEST_WRITE_KEYS",
     "cors_origins": "INGEST_CORS_ORIGINS",

@@ -1,4 +1,4 @@
-"""The delivery loop: moves batches from the buffer into storage, retrying with backoff, and keeps its state."""
+"""The delivery loop: accepted rows go to the log and the buffer, then in batches to storage, with retries."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .buffer import Buffer, BufferFull
+from .buffer import Batch, Buffer, BufferFull
+from .deadletter import DeadLetterFile
 from .metrics import Metrics
 from .schema import Row
-from .sink import Sink
+from .sink import Sink, is_content_error
+from .wal import WalError, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "BufferFull"]
+__all__ = ["Pipeline", "BufferFull", "WalError"]
 
 
 @dataclass
@@ -27,16 +29,20 @@ class FlushState:
     last_error: str | None = None
     last_error_at: float | None = None
     consecutive_failures: int = 0
+    wal_error: str | None = None
 
 
 class Pipeline:
-    """Accepts validated rows into the buffer and delivers them to the sink, one insert in flight at a time."""
+    """Accepts validated rows (durably, if it has a log) and delivers them to the sink, one insert at a time."""
 
-    def __init__(self, buffer: Buffer, sink: Sink, metrics: Metrics, retry_max_seconds: float = 30.0,
+    def __init__(self, buffer: Buffer, sink: Sink, metrics: Metrics, *, wal: WriteAheadLog | None = None,
+                 dead_letters: DeadLetterFile | None = None, retry_max_seconds: float = 30.0,
                  shutdown_timeout: float = 20.0) -> None:
         self.buffer = buffer
         self.sink = sink
         self.metrics = metrics
+        self.wal = wal
+        self.dead_letters = dead_letters
         self.state = FlushState()
         self.retry_max_seconds = retry_max_seconds
         self.shutdown_timeout = shutdown_timeout
@@ -46,9 +52,38 @@ class Pipeline:
         metrics.buffer_capacity.set(buffer.max_events)
 
     # -- accepting -----------------------------------------------------------------------------
-    def accept(self, rows: Sequence[Row]) -> None:
-        """Buffer rows (all or none); raises BufferFull when they do not fit."""
-        self.buffer.add(rows)
+    def recover(self) -> int:
+        """Load what the log holds but storage does not, the interrupted insert first; returns the row count."""
+        if self.wal is None:
+            return 0
+        recovery = self.wal.recover()
+        records = recovery.records
+        if recovery.in_flight and recovery.in_flight[1] > recovery.stored_lsn:
+            first, last = recovery.in_flight
+            rows = [row for lsn, rs in records if first <= lsn <= last for row in rs]
+            self.buffer.restore(Batch(rows, first, last, token=self.wal.token(first, last)))
+            records = [r for r in records if r[0] > last]
+        for lsn, rows in records:
+            self.buffer.add(rows, lsn, bounded=False)  # already acknowledged: never refuse them now
+        self.metrics.buffer_events.set(len(self.buffer))
+        return len(self.buffer)
+
+    async def accept(self, rows: Sequence[Row]) -> None:
+        """Take rows (all or none): on disk first if there is a log. Raises BufferFull or WalError."""
+        self.buffer.reserve(len(rows))
+        if self.wal is None:
+            self._durable(rows, None)
+            return
+        try:
+            await self.wal.append(rows, lambda lsn: self._durable(rows, lsn),
+                                  lambda: self.buffer.release(len(rows)))
+        except WalError as exc:
+            self.state.wal_error = str(exc)
+            raise
+        self.state.wal_error = None
+
+    def _durable(self, rows: Sequence[Row], lsn: int | None) -> None:
+        self.buffer.add(rows, lsn, reserved=True)
         self.metrics.buffer_events.set(len(self.buffer))
         self._wake.set()
 
@@ -62,7 +97,12 @@ class Pipeline:
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.drain(self.shutdown_timeout)
+        stored = await self.drain(self.shutdown_timeout)
+        if stored:
+            log.info("stopped: buffer flushed")
+        elif self.wal is not None:
+            log.warning("stopped with %d events undelivered; they stay in the log for the next start",
+                        len(self.buffer))
 
     async def drain(self, timeout: float) -> bool:
         """Flush until the buffer is empty or the timeout passes; True if everything was stored."""
@@ -84,9 +124,11 @@ class Pipeline:
         if batch is None:
             return True
         batch.attempts += 1
+        if batch.attempts == 1 and self.wal is not None and batch.first_lsn is not None:
+            batch.token = self.wal.token(batch.first_lsn, batch.last_lsn)
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self.sink.insert, batch.rows, batch.token)
+            refused = await asyncio.to_thread(self._deliver, batch)
         except Exception as exc:  # noqa: BLE001 - any failure means: keep the batch, report, retry
             self.metrics.flush_duration.observe(time.perf_counter() - started)
             self.metrics.flush_failures.inc()
@@ -99,17 +141,48 @@ class Pipeline:
             return False
         self.buffer.done(batch)
         now = time.time()
+        stored = len(batch.rows) - refused
         self.metrics.flush_duration.observe(time.perf_counter() - started)
-        self.metrics.flush_rows.observe(len(batch.rows))
-        self.metrics.events_stored.inc(len(batch.rows))
+        self.metrics.flush_rows.observe(stored)
+        self.metrics.events_stored.inc(stored)
+        self.metrics.events_dead_lettered.inc(refused)
         self.metrics.last_flush_success.set(now)
         self.metrics.storage_up.set(1)
         self.metrics.buffer_events.set(len(self.buffer))
         self.state.last_success_at = now
-        self.state.last_success_rows = len(batch.rows)
+        self.state.last_success_rows = stored
         self.state.last_error = None
         self.state.consecutive_failures = 0
         return True
+
+    def _deliver(self, batch: Batch) -> int:
+        """Insert a batch (worker thread); returns how many rows were refused for their content."""
+        if self.wal is not None and batch.first_lsn is not None:
+            self.wal.begin(batch.first_lsn, batch.last_lsn)
+        refused = self._insert_or_split(batch.rows, batch.token)
+        if refused:
+            if self.dead_letters is None:
+                raise RuntimeError(f"{len(refused)} rows refused and no dead-letter file: {refused[0][1]}")
+            self.dead_letters.write(refused)
+            log.error("%d rows refused by ClickHouse went to %s: %s", len(refused), self.dead_letters.path,
+                      refused[0][1])
+        if self.wal is not None and batch.last_lsn is not None:
+            self.wal.stored(batch.last_lsn)
+        return len(refused)
+
+    def _insert_or_split(self, rows: list[Row], token: str) -> list[tuple[Row, str]]:
+        """Insert rows; if ClickHouse refuses their content, bisect to store the good ones and return the bad."""
+        try:
+            self.sink.insert(rows, token)
+            return []
+        except Exception as exc:
+            if not is_content_error(exc):
+                raise
+            if len(rows) == 1:
+                return [(rows[0], f"{type(exc).__name__}: {exc}")]
+        # Halves get tokens derived from the parent's, so a retried or replayed split deduplicates too.
+        mid = len(rows) // 2
+        return self._insert_or_split(rows[:mid], token + "/a") + self._insert_or_split(rows[mid:], token + "/b")
 
     def _retry_delay(self) -> float:
         return min(self.retry_max_seconds, 0.25 * 2 ** min(self.state.consecutive_failures - 1, 16))

@@ -11,11 +11,28 @@ from typing import Any, Iterator
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DataError
 
 from .schema import COLUMN_TYPES, COLUMNS, Row
 
 log = logging.getLogger(__name__)
 TABLE = "events"
+
+# Codes ClickHouse answers when the rows themselves are unacceptable (parse errors, type mismatch,
+# out-of-range values, violated constraints): the same rows would fail again however often they are
+# retried. Everything else (network, missing table, memory, too many parts...) is worth retrying.
+CONTENT_ERROR_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469})
+
+
+def is_content_error(exc: BaseException) -> bool:
+    """True if ClickHouse (or the client, while encoding) refused the data itself, not the connection."""
+    if isinstance(exc, DataError):
+        return True
+    code = getattr(exc, "code", None)
+    if code is None:
+        match = re.search(r"Code: (\d+)", str(exc))
+        code = int(match.group(1)) if match else None
+    return code in CONTENT_ERROR_CODES
 
 
 def ddl_files() -> list[tuple[str, str]]:

@@ -20,8 +20,10 @@ def chdb_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def settings(chdb_path) -> Settings:
+def settings(chdb_path, tmp_path) -> Settings:
     return Settings(
+        wal_dir=str(tmp_path / "wal"),
+        dead_letter_path=str(tmp_path / "dead-letter.jsonl"),
         clickhouse_url=f"chdb://{chdb_path}",
         clickhouse_database=f"t_{uuid.uuid4().hex[:12]}",
         flush_interval_seconds=0.2,

@@ -89,6 +89,7 @@ async def test_a_full_buffer_answers_503_and_loses_nothing_it_accepted(make_clie
 
     _repair_storage(settings)
     await eventually(lambda: count(ch) == 20, timeout=5)
+    assert ch.command("SELECT uniqExact(session_id) FROM events") == 20  # no duplicates either
     # Room again: the service takes new events.
     resp = await client.post("/events", json=[event(session_id="late")])
     assert resp.status == 202

@@ -1,0 +1,223 @@
+"""The write-ahead log: accepted events on local disk, fsynced before the 202, replayed after a crash.
+
+Each accepted request is one record with a log sequence number (LSN). Records are appended to
+segment files; concurrent requests share one write + fsync (group commit). A small progress file
+says which LSNs ClickHouse already has and which range is being inserted, so a restart replays
+exactly what is missing, and re-sends an insert that may have landed with the same deduplication
+token (the server then drops the repeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import threading
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import orjson
+
+from .schema import Row
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<IIQ")  # payload length, crc32 of payload, lsn
+_SUFFIX = ".wal"
+
+
+class WalError(OSError):
+    """The log could not be written: acceptance must stop until the disk recovers."""
+
+
+@dataclass
+class Recovery:
+    """What a restart must deliver: records after the stored LSN, the unfinished insert range first."""
+
+    stored_lsn: int
+    in_flight: tuple[int, int] | None
+    records: list[tuple[int, list[Row]]] = field(default_factory=list)
+
+
+def encode(lsn: int, rows: Sequence[Row]) -> bytes:
+    payload = orjson.dumps(rows, default=tuple)
+    return _HEADER.pack(len(payload), zlib.crc32(payload), lsn) + payload
+
+
+def decode(data: bytes) -> tuple[list[tuple[int, list[Row]]], int]:
+    """Records in a segment's bytes, and the offset where valid data ends (a torn tail is dropped)."""
+    records, offset = [], 0
+    while offset + _HEADER.size <= len(data):
+        length, crc, lsn = _HEADER.unpack_from(data, offset)
+        start, end = offset + _HEADER.size, offset + _HEADER.size + length
+        payload = data[start:end]
+        if end > len(data) or zlib.crc32(payload) != crc:
+            break
+        records.append((lsn, [Row(*r) for r in orjson.loads(payload)]))
+        offset = end
+    return records, offset
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """Segments of length-prefixed, checksummed records plus a progress file, in one directory."""
+
+    def __init__(self, directory: str | Path, segment_bytes: int = 16 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.wal_id = ""
+        self.stored_lsn = 0
+        self._next_lsn = 1
+        self._segments: dict[Path, int] = {}  # closed segment -> its last LSN
+        self._active: Path | None = None
+        self._active_file = None
+        self._active_size = 0
+        self._pending: list[tuple[Sequence[Row], Callable[[int], None], Callable[[], None], asyncio.Future]] = []
+        self._committer: asyncio.Task | None = None
+        # Guards segment bookkeeping: appends (commit thread) and deletions (flush thread) meet here.
+        self._lock = threading.Lock()
+
+    # -- startup ---------------------------------------------------------------------------------
+    def recover(self) -> Recovery:
+        """Read the progress file and every segment; open a fresh segment for new records."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        progress = self._read_progress()
+        self.wal_id = progress.get("wal_id") or uuid.uuid4().hex
+        self.stored_lsn = progress.get("stored_lsn", 0)
+        in_flight = progress.get("in_flight")
+        recovery = Recovery(self.stored_lsn, tuple(in_flight) if in_flight else None)
+        last_lsn = self.stored_lsn
+        for path in sorted(self.directory.glob("*" + _SUFFIX)):
+            data = path.read_bytes()
+            records, valid_end = decode(data)
+            if valid_end < len(data):
+                # A torn write from a crash: never acknowledged (the fsync did not finish), so drop it.
+                log.warning("WAL %s: dropping %d bytes of incomplete record", path.name, len(data) - valid_end)
+                with open(path, "r+b") as f:
+                    f.truncate(valid_end)
+            seg_last = records[-1][0] if records else 0
+            self._segments[path] = seg_last
+            last_lsn = max(last_lsn, seg_last)
+            recovery.records.extend(r for r in records if r[0] > self.stored_lsn)
+        self._next_lsn = last_lsn + 1
+        self._write_progress(self.stored_lsn, recovery.in_flight)
+        self._delete_stored_segments()
+        self._open_segment()
+        if recovery.records:
+            log.info("WAL: replaying %d requests (%d events) not yet in ClickHouse", len(recovery.records),
+                     sum(len(r) for _, r in recovery.records))
+        return recovery
+
+    # -- appending (event loop) -------------------------------------------------------------------
+    async def append(self, rows: Sequence[Row], on_durable: Callable[[int], None],
+                     on_failed: Callable[[], None]) -> int:
+        """Log rows; once on disk call on_durable(lsn) (in LSN order) and return the LSN.
+
+        The callbacks run even if the caller stopped waiting, so whoever reserved room learns the outcome.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, on_durable, on_failed, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await future
+
+    async def _commit_pending(self) -> None:
+        # Group commit: everything queued while the previous fsync ran goes out in one write + fsync.
+        while self._pending:
+            group, self._pending = self._pending, []
+            lsns = range(self._next_lsn, self._next_lsn + len(group))
+            self._next_lsn += len(group)
+            data = b"".join(encode(lsn, rows) for lsn, (rows, _, _, _) in zip(lsns, group))
+            try:
+                await asyncio.to_thread(self._write, data, lsns[-1])
+            except Exception as exc:  # noqa: BLE001 - every waiting request learns it was not accepted
+                log.error("write-ahead log write failed: %s", exc)
+                error = WalError(f"write-ahead log write failed: {exc}")
+                for _, _, on_failed, future in group:
+                    on_failed()
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for lsn, (_, on_durable, _, future) in zip(lsns, group):
+                on_durable(lsn)
+                if not future.done():
+                    future.set_result(lsn)
+
+    def _write(self, data: bytes, last_lsn: int) -> None:
+        f = self._active_file
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        with self._lock:
+            self._active_size += len(data)
+            self._segments[self._active] = last_lsn
+            if self._active_size >= self.segment_bytes:
+                self._open_segment()
+
+    def _open_segment(self) -> None:
+        if self._active_file is not None:
+            self._active_file.close()
+        self._active = self.directory / f"{self._next_lsn:020d}{_SUFFIX}"
+        self._active_file = open(self._active, "ab")
+        self._active_size = self._active_file.tell()
+        self._segments.setdefault(self._active, 0)
+        _fsync_dir(self.directory)
+
+    # -- delivery progress (worker thread) ---------------------------------------------------------
+    def begin(self, first: int, last: int) -> None:
+        """Record that LSNs first..last are being inserted (so a restart re-sends exactly that batch)."""
+        self._write_progress(self.stored_lsn, (first, last))
+
+    def stored(self, last: int) -> None:
+        """ClickHouse has everything up to LSN last: note it and delete segments no longer needed."""
+        self.stored_lsn = max(self.stored_lsn, last)
+        self._write_progress(self.stored_lsn, None)
+        self._delete_stored_segments()
+
+    def token(self, first: int, last: int) -> str:
+        """The insert deduplication token of a batch: the same after a restart, unique across logs."""
+        return f"{self.wal_id}:{first}-{last}"
+
+    def _delete_stored_segments(self) -> None:
+        with self._lock:
+            for path, last in list(self._segments.items()):
+                if path != self._active and last <= self.stored_lsn:
+                    path.unlink(missing_ok=True)
+                    del self._segments[path]
+
+    def _read_progress(self) -> dict:
+        path = self.directory / "progress.json"
+        return orjson.loads(path.read_bytes()) if path.exists() else {}
+
+    def _write_progress(self, stored_lsn: int, in_flight: tuple[int, int] | None) -> None:
+        path = self.directory / "progress.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"wal_id": self.wal_id, "stored_lsn": stored_lsn,
+                                  "in_flight": list(in_flight) if in_flight else None}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new progress, never half
+        _fsync_dir(self.directory)
+
+    def disk_bytes(self) -> int:
+        """Size of the segments on disk."""
+        with self._lock:
+            paths = list(self._segments)
+        return sum(p.stat().st_size for p in paths if p.exists())
+
+    def close(self) -> None:
+        if self._active_file is not None:
+            self._active_file.close()
+            self._active_file = None

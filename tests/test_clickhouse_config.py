@@ -1,0 +1,219 @@
+"""ClickHouse server configuration (clickhouse/users.d, clickhouse/config.d): least privilege, checked
+against the compose file, the init SQL and, where an engine is needed, the embedded engine."""
+
+from __future__ import annotations
+
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from ingest.sink import ddl_files, statements
+
+from .stack import ROOT, SECRETS, compose, environment, init_table_names, stack_env
+
+USERS_D = ROOT / "clickhouse" / "users.d"
+CONFIG_D = ROOT / "clickhouse" / "config.d"
+XML_FILES = sorted(USERS_D.glob("*.xml")) + sorted(CONFIG_D.glob("*.xml"))
+
+
+@pytest.mark.parametrize("path", XML_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_clickhouse_xml_parses_with_the_clickhouse_root(path):
+    assert ET.parse(path).getroot().tag == "clickhouse"
+
+
+def test_there_are_config_files_to_check():
+    assert len(list(USERS_D.glob("*.xml"))) >= 3 and len(list(CONFIG_D.glob("*.xml"))) >= 2
+
+
+def users() -> dict[str, ET.Element]:
+    found = {}
+    for path in sorted(USERS_D.glob("*.xml")):
+        for user in ET.parse(path).getroot().findall("users/*"):
+            assert user.tag not in found, f"user {user.tag} defined twice"
+            found[user.tag] = user
+    return found
+
+
+def profiles() -> dict[str, ET.Element]:
+    return {p.tag: p for path in sorted(USERS_D.glob("*.xml")) for p in ET.parse(path).getroot().findall("profiles/*")}
+
+
+def clickhouse_env() -> dict[str, str]:
+    return environment("clickhouse", stack_env())
+
+
+def test_the_users_are_exactly_admin_ingest_and_grafana_and_default_is_removed():
+    defined = users()
+    assert set(defined) == {"default", "admin", "ingest", "grafana"}
+    assert defined["default"].get("remove") is not None and len(defined["default"]) == 0
+
+
+@pytest.mark.parametrize("name", ["admin", "ingest", "grafana"])
+def test_every_user_has_a_password_from_a_required_environment_variable(name):
+    user = users()[name]
+    passwords = [e for e in user if "password" in e.tag]
+    assert len(passwords) == 1 and passwords[0].tag == "password"
+    variable = passwords[0].get("from_env")
+    assert variable == f"CLICKHOUSE_{name.upper()}_PASSWORD" and not (passwords[0].text or "").strip()
+    assert variable in SECRETS, "compose must refuse to start without it"
+    # The server container receives it (so from_env finds it).
+    assert clickhouse_env()[variable] == stack_env()[variable]
+
+
+def test_every_from_env_variable_reaches_the_clickhouse_container():
+    wanted = {e.get("from_env") for path in XML_FILES for e in ET.parse(path).iter() if e.get("from_env")}
+    assert wanted and wanted <= set(clickhouse_env())
+
+
+def test_only_admin_manages_access():
+    assert users()["admin"].findtext("access_management") == "1"
+    for name in ("ingest", "grafana"):
+        assert users()[name].findtext("access_management") in (None, "0")
+
+
+def grants(name: str) -> list[str]:
+    """The user's GRANT statements as the server reads them (from_env resolved from compose)."""
+    out = []
+    for query in users()[name].findall("grants/query"):
+        out.append(clickhouse_env()[query.get("from_env")] if query.get("from_env") else query.text.strip())
+    return out
+
+
+GRANT = re.compile(r"GRANT (?P<privilege>[A-Z ]+) ON `?(?P<database>\w+)`?\.(?P<table>\w+|\*)")
+
+
+def test_ingest_may_only_insert_into_the_table_the_init_sql_creates():
+    (grant,) = grants("ingest")
+    m = GRANT.fullmatch(grant)
+    assert m, grant
+    assert m["privilege"] == "INSERT"
+    assert m["database"] == clickhouse_env()["CLICKHOUSE_DB"]
+    assert m["table"] in init_table_names() and m["table"] == "events"
+
+
+def test_grafana_may_only_select_from_the_analytics_database_and_the_schema_tables():
+    database = clickhouse_env()["CLICKHOUSE_DB"]
+    parsed = [GRANT.fullmatch(g) for g in grants("grafana")]
+    assert all(parsed), grants("grafana")
+    assert {m["privilege"] for m in parsed} == {"SELECT"}
+    assert {(m["database"], m["table"]) for m in parsed} == {
+        (database, "*"), ("system", "databases"), ("system", "tables"), ("system", "columns")}
+
+
+def test_the_database_the_grants_name_is_the_one_the_image_creates_and_the_services_use():
+    env = stack_env(CLICKHOUSE_DATABASE="shop_events")
+    server = environment("clickhouse", env)
+    assert server["CLICKHOUSE_DB"] == "shop_events"
+    assert environment("ingest", env)["CLICKHOUSE_DATABASE"] == "shop_events"
+    assert environment("grafana", env)["CLICKHOUSE_DATABASE"] == "shop_events"
+    assert server["CLICKHOUSE_INGEST_GRANT"] == "GRANT INSERT ON `shop_events`.events"
+    assert server["CLICKHOUSE_GRAFANA_GRANT"] == "GRANT SELECT ON `shop_events`.*"
+
+
+def test_grafana_is_readonly_but_may_set_what_the_plugin_sends():
+    (profile_name,) = [users()["grafana"].findtext("profile")]
+    profile = profiles()[profile_name]
+    assert profile.findtext("readonly") == "1"
+    constraint = profile.find("constraints/max_execution_time")
+    assert constraint is not None and constraint.find("changeable_in_readonly") is not None
+
+
+def test_ingest_may_set_per_insert_settings():
+    """Each insert carries insert_deduplication_token: the ingest user must not be readonly."""
+    profile = profiles().get(users()["ingest"].findtext("profile"))
+    assert profile is None or profile.findtext("readonly") in (None, "0")
+
+
+@pytest.fixture
+def engine(chdb_path):
+    """The embedded engine, with the init SQL applied to a fresh database."""
+    database = f"grants_{uuid.uuid4().hex[:8]}"
+    client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}")
+    client.command(f"CREATE DATABASE `{database}`")
+    scoped = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=database)
+    for _, text in ddl_files():
+        for statement in statements(text):
+            scoped.command(statement)
+    yield client, database
+    client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    client.close()
+    scoped.close()
+
+
+def test_every_grant_is_valid_clickhouse_and_names_tables_that_exist(engine):
+    client, database = engine
+    env = stack_env(CLICKHOUSE_DATABASE=database)
+    server = environment("clickhouse", env)
+    for name in ("ingest", "grafana"):
+        for query in users()[name].findall("grants/query"):
+            grant = server[query.get("from_env")] if query.get("from_env") else query.text.strip()
+            # ClickHouse's own parser (a grant in users.xml is a GRANT without TO).
+            client.command("SELECT formatQuery(%(q)s)", parameters={"q": f"{grant} TO {name}"})
+            m = GRANT.fullmatch(grant)
+            tables = client.query("SELECT name FROM system.tables WHERE database = %(d)s",
+                                  parameters={"d": m["database"]}).result_rows
+            assert tables, f"{grant}: no database {m['database']}"
+            if m["table"] != "*":
+                assert (m["table"],) in tables, f"{grant}: no table {m['table']}"
+
+
+def test_settings_in_constraints_and_profiles_are_real_settings(engine):
+    client, _ = engine
+    known = {row[0] for row in client.query("SELECT name FROM system.settings").result_rows}
+    for name, profile in profiles().items():
+        for element in profile:
+            if element.tag != "constraints":
+                assert element.tag in known, f"profile {name}: unknown setting {element.tag}"
+        for constraint in profile.findall("constraints/*"):
+            assert constraint.tag in known, f"profile {name}: constraint on unknown setting {constraint.tag}"
+
+
+# --- server config ---------------------------------------------------------------------------------
+
+def test_the_server_still_listens_on_the_network():
+    """Mounting config.d hides the image's docker_related_config.xml, which set the listen addresses."""
+    hosts = {e.text for path in CONFIG_D.glob("*.xml") for e in ET.parse(path).getroot().findall("listen_host")}
+    assert {"0.0.0.0", "::"} <= hosts
+
+
+def test_unused_protocol_ports_are_closed():
+    removed = {e.tag for path in CONFIG_D.glob("*.xml") for e in ET.parse(path).getroot() if e.get("remove")}
+    assert {"mysql_port", "postgresql_port", "interserver_http_port"} <= removed
+
+
+def test_logs_are_bounded():
+    root = ET.parse(CONFIG_D / "logs.xml").getroot()
+    assert root.findtext("logger/level") in ("information", "warning", "error")
+    assert root.findtext("logger/size") and root.findtext("logger/count")
+    kept = [e for e in root if e.tag.endswith("_log") and e.get("remove") is None]
+    assert kept and all(e.findtext("ttl") for e in kept), "every system log kept has a TTL"
+
+
+def test_system_log_ttls_are_valid_expressions(engine):
+    client, _ = engine
+    root = ET.parse(CONFIG_D / "logs.xml").getroot()
+    for element in root:
+        if element.findtext("ttl"):
+            client.command("SELECT formatQuery(%(q)s)",
+                           parameters={"q": f"CREATE TABLE t (event_date Date) ENGINE = MergeTree ORDER BY tuple() TTL {element.findtext('ttl')}"})
+
+
+def test_compose_mounts_exactly_these_directories():
+    mounts = {spec.split(":")[0] for spec in compose()["services"]["clickhouse"]["volumes"]}
+    assert {"./clickhouse/users.d", "./clickhouse/config.d", "./clickhouse/init"} <= mounts
+    assert Path(USERS_D).is_dir() and Path(CONFIG_D).is_dir()
+
+
+def test_the_image_init_runs_as_admin_and_leaves_the_read_only_users_d_alone():
+    """With CLICKHOUSE_USER/PASSWORD set, the image writes users.d/default-user.xml unless told not
+    to; users.d is mounted read-only, so that write would stop the container."""
+    env = clickhouse_env()
+    assert env["CLICKHOUSE_SKIP_USER_SETUP"] == "1"
+    assert env["CLICKHOUSE_USER"] == "admin" and "admin" in users()
+    assert env["CLICKHOUSE_PASSWORD"] == stack_env()["CLICKHOUSE_ADMIN_PASSWORD"]
+    mounts = {spec.split(":")[1]: spec.split(":")[-1] for spec in compose()["services"]["clickhouse"]["volumes"]}
+    assert mounts["/etc/clickhouse-server/users.d"] == "ro"

@@ -1,0 +1,132 @@
+"""Nothing acknowledged is lost: the write-ahead log, replay without duplicates, and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.buffer import Buffer
+from ingest.deadletter import DeadLetterFile
+from ingest.metrics import Metrics
+from ingest.pipeline import Pipeline
+from ingest.schema import Row
+from ingest.sink import Sink
+from ingest.wal import WriteAheadLog, decode, encode
+
+from .support import count, event, eventually
+
+
+def rows(n: int, tag: str) -> list[Row]:
+    return [Row("page_view", 1_795_000_000_000 + i, f"{tag}{i}", None, "desktop", "DE", "{}") for i in range(n)]
+
+
+def test_a_record_round_trips_and_a_torn_tail_is_dropped():
+    data = encode(7, rows(2, "a")) + encode(8, rows(1, "b"))
+    assert decode(data) == ([(7, rows(2, "a")), (8, rows(1, "b"))], len(data))
+    torn = data[:-3]
+    records, end = decode(torn)
+    assert records == [(7, rows(2, "a"))] and end == len(encode(7, rows(2, "a")))
+    flipped = bytearray(data)
+    flipped[-2] ^= 0xFF  # a corrupted payload fails its checksum
+    assert decode(bytes(flipped))[0] == [(7, rows(2, "a"))]
+
+
+async def _append(wal: WriteAheadLog, rs: list[Row]) -> int:
+    return await wal.append(rs, lambda lsn: None, lambda: None)
+
+
+async def test_a_restart_replays_only_what_storage_does_not_have(tmp_path):
+    wal = WriteAheadLog(tmp_path, segment_bytes=1)  # tiny segments: each write rotates
+    wal.recover()
+    lsns = [await _append(wal, rows(2, f"r{i}-")) for i in range(4)]
+    assert lsns == [1, 2, 3, 4]
+    wal.stored(2)
+    wal.close()  # as if the process died here
+
+    again = WriteAheadLog(tmp_path)
+    recovery = again.recover()
+    assert [lsn for lsn, _ in recovery.records] == [3, 4]
+    assert recovery.records[0][1] == rows(2, "r2-")
+    assert again.wal_id == wal.wal_id
+    assert await _append(again, rows(1, "new")) == 5  # numbering goes on: tokens never repeat
+    again.close()
+
+
+async def test_stored_segments_are_deleted(tmp_path):
+    wal = WriteAheadLog(tmp_path, segment_bytes=1)
+    wal.recover()
+    for i in range(5):
+        await _append(wal, rows(2, f"s{i}"))
+    assert len(list(tmp_path.glob("*.wal"))) >= 5
+    wal.stored(5)
+    assert len(list(tmp_path.glob("*.wal"))) == 1  # only the open segment remains
+    wal.close()
+
+
+async def test_concurrent_appends_share_fsyncs_and_keep_order(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    wal.recover()
+    seen = []
+    results = await asyncio.gather(*(wal.append(rows(1, f"c{i}"), seen.append, lambda: None) for i in range(50)))
+    assert sorted(results) == list(range(1, 51)) and seen == list(range(1, 51))
+    wal.close()
+    assert [lsn for lsn, _ in WriteAheadLog(tmp_path).recover().records] == list(range(1, 51))
+
+
+async def test_an_insert_that_landed_before_a_crash_is_not_stored_twice(tmp_path, settings, ch):
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
+    sink.open()
+    wal = WriteAheadLog(tmp_path / "wal")
+    metrics = Metrics()
+    first = Pipeline(Buffer(1000, 1000, 60), sink, metrics, wal=wal)
+    first.recover()
+    await first.accept(rows(3, "x"))
+    await first.accept(rows(2, "y"))
+    batch = first.buffer.take()
+    batch.token = wal.token(batch.first_lsn, batch.last_lsn)
+    wal.begin(batch.first_lsn, batch.last_lsn)
+    sink.insert(batch.rows, batch.token)  # the insert lands ...
+    wal.close()  # ... and the process dies before it can note that
+    assert count(ch) == 5
+
+    second = Pipeline(Buffer(1000, 1000, 60), sink, Metrics(), wal=WriteAheadLog(tmp_path / "wal"))
+    assert second.recover() == 5
+    assert await second.drain(5)
+    assert count(ch) == 5  # the replayed batch carried the same token: the server dropped it
+    await second.accept(rows(1, "z"))
+    assert await second.drain(5)
+    assert count(ch) == 6
+    second.wal.close()
+    sink.close()
+
+
+async def test_rows_clickhouse_refuses_go_to_the_dead_letter_file_and_the_rest_is_stored(make_client, ch,
+                                                                                         settings):
+    client = await make_client(flush_events=1000, flush_interval_seconds=0.1)
+    await client.get("/health")
+    ch.command("ALTER TABLE events ADD CONSTRAINT no_poison CHECK session_id NOT LIKE 'poison%'")
+    batch = [event(session_id=f"good-{i}") for i in range(20)]
+    batch[3]["session_id"] = "poison-1"
+    batch[17]["session_id"] = "poison-2"
+    resp = await client.post("/events", json=batch)
+    assert resp.status == 202 and (await resp.json())["accepted"] == 20  # valid by the schema
+    await eventually(lambda: count(ch) == 18, timeout=10)
+    letters = DeadLetterFile(settings.dead_letter_path).read()
+    assert sorted(d["event"]["session_id"] for d in letters) == ["poison-1", "poison-2"]
+    assert all("VIOLATED_CONSTRAINT" in d["reason"] for d in letters)
+    assert letters[0]["event"]["timestamp"] == batch[3]["timestamp"].replace("Z", "+00:00")[:23] + "+00:00"
+    # Later data is not blocked behind the refused rows.
+    await client.post("/events", json=[event(session_id="after")])
+    await eventually(lambda: count(ch, "session_id = 'after'") == 1)
+    text = await (await client.get("/metrics")).text()
+    assert "ingest_events_dead_lettered_total 2.0" in text
+    assert (await client.get("/health")).status == 200
+
+
+@pytest.mark.parametrize("durability", ["wal", "memory"])
+async def test_both_durability_modes_store_what_they_accept(make_client, ch, durability):
+    client = await make_client(durability=durability)
+    resp = await client.post("/events", json=[event(session_id=f"d{i}") for i in range(3)])
+    assert resp.status == 202
+    await eventually(lambda: count(ch) == 3)

@@ -1,0 +1,212 @@
+"""Grafana cannot run here, so its files are checked by construction: uids resolve, formats fit the panels,
+refresh and picker settings hold, every provisioning $VAR is documented, PromQL names real metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ingest.macros import QueryRange, expand
+from ingest.panels import load_dashboard, panel_queries
+from ingest.sink import Sink
+
+from .support import event
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAFANA = ROOT / "grafana"
+DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in (GRAFANA / "dashboards").glob("*.json")}
+PROVISIONING = sorted((GRAFANA / "provisioning").rglob("*.yaml"))
+
+
+def _yaml(relative: str):
+    return yaml.safe_load((GRAFANA / "provisioning" / relative).read_text())
+
+
+def _datasource_refs(node):
+    """Every datasource uid a dashboard names, at panel and target level."""
+    if isinstance(node, dict):
+        ds = node.get("datasource")
+        if isinstance(ds, dict) and "uid" in ds:
+            yield ds["uid"]
+        for value in node.values():
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasource_refs(item)
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
+def prometheus_expressions() -> list[str]:
+    """Every PromQL expression of the ingest pipeline dashboard."""
+    return [t["expr"] for p in DASHBOARDS["ingest-pipeline"]["panels"] for t in p["targets"]]
+
+
+def test_the_fixed_uids_are_provisioned():
+    sources = {d["uid"]: d for d in _yaml("datasources/datasources.yaml")["datasources"]}
+    assert sources["clickhouse"]["type"] == "grafana-clickhouse-datasource"
+    assert sources["prometheus"]["type"] == "prometheus"
+    assert {d["uid"] for d in DASHBOARDS.values()} == {"product-analytics", "ingest-pipeline"}
+    (rule,) = _yaml("alerting/error-rate.yaml")["groups"][0]["rules"]
+    assert rule["uid"] == "error-rate-high"
+
+
+def test_every_datasource_uid_a_dashboard_or_rule_names_is_provisioned():
+    provisioned = {d["uid"] for d in _yaml("datasources/datasources.yaml")["datasources"]}
+    named = set()
+    for dashboard in DASHBOARDS.values():
+        named |= set(_datasource_refs(dashboard["panels"]))
+    for group in _yaml("alerting/error-rate.yaml")["groups"]:
+        for rule in group["rules"]:
+            named |= {d["datasourceUid"] for d in rule["data"]} - {"__expr__"}
+            named |= set(_datasource_refs([d["model"] for d in rule["data"]])) - {"__expr__"}
+    assert named == provisioned
+
+
+def test_clickhouse_datasource_uses_native_protocol_read_only_user_and_env_settings():
+    (ch,) = [d for d in _yaml("datasources/datasources.yaml")["datasources"] if d["uid"] == "clickhouse"]
+    jd = ch["jsonData"]
+    assert (jd["host"], jd["port"], jd["protocol"], jd["username"]) == ("$CLICKHOUSE_HOST", 9000, "native", "grafana")
+    assert jd["defaultDatabase"] == "$CLICKHOUSE_DATABASE" and "database" not in jd
+    assert ch["secureJsonData"] == {"password": "$CLICKHOUSE_GRAFANA_PASSWORD"}
+    (prom,) = [d for d in _yaml("datasources/datasources.yaml")["datasources"] if d["uid"] == "prometheus"]
+    assert prom["url"] == "$PROMETHEUS_URL"
+
+
+def test_dashboard_provider_reads_the_mounted_dashboard_directory():
+    (provider,) = _yaml("dashboards/dashboards.yaml")["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+@pytest.mark.parametrize("uid", ["product-analytics", "ingest-pipeline"])
+def test_dashboards_refresh_every_5s_default_to_last_hour_and_offer_1h_6h_24h(uid):
+    d = DASHBOARDS[uid]
+    assert d["refresh"] == "5s"
+    assert d["time"] == {"from": "now-1h", "to": "now"}
+    assert d["timepicker"]["refresh_intervals"][0] == "5s"
+    assert [r["from"] for r in d["timepicker"]["quick_ranges"]] == ["now-1h", "now-6h", "now-24h"]
+    # Panels read only the picker's range: no per-panel time overrides.
+    assert all("timeFrom" not in p and "timeShift" not in p for p in d["panels"])
+
+
+def test_product_dashboard_is_a_2x2_grid_of_the_four_panels():
+    panels = DASHBOARDS["product-analytics"]["panels"]
+    grid = sorted((p["gridPos"]["y"], p["gridPos"]["x"], p["gridPos"]["w"], p["title"]) for p in panels)
+    assert [g[:3] for g in grid] == [(0, 0, 12), (0, 12, 12), (8, 0, 12), (8, 12, 12)]
+    assert [g[3] for g in grid] == ["Active users", "Signup funnel", "Top features", "Error rate"]
+
+
+def test_panel_formats_fit_how_the_panels_use_them():
+    by_title = {p["title"]: p for p in DASHBOARDS["product-analytics"]["panels"]}
+    for query in panel_queries(DASHBOARDS["product-analytics"]):
+        panel = by_title[query.title]
+        (target,) = panel["targets"]
+        if panel["type"] in ("timeseries", "stat"):
+            assert (query.format, target["queryType"]) == (0, "timeseries"), query.title
+        else:
+            assert (query.format, target["queryType"]) == (1, "table"), query.title
+    assert by_title["Active users"]["options"]["graphMode"] == "area"
+    assert by_title["Top features"]["options"]["orientation"] == "horizontal"
+    assert by_title["Top features"]["options"]["reduceOptions"]["values"] is True
+    error = by_title["Error rate"]["fieldConfig"]["defaults"]
+    assert error["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert {"color": "red", "value": 1} in error["thresholds"]["steps"]
+    overrides = {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+                 for o in by_title["Signup funnel"]["fieldConfig"]["overrides"]}
+    assert by_title["Signup funnel"]["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars"
+    assert overrides["conversion_pct"]["custom.drawStyle"] == "line"
+    assert overrides["conversion_pct"]["custom.axisPlacement"] == "right"
+
+
+def test_time_series_panels_return_a_time_column_first_in_ascending_order(ch, settings):
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    end = datetime.now(timezone.utc).replace(microsecond=0)
+    names = ["error_occurred", "signup_started", "signup_completed", "feature_used", "page_view"]
+    rows = [(names[i % 5], end - timedelta(minutes=i * 3), f"s{i}", None, "desktop", "DE",
+             '{"feature": "export"}' if i % 5 == 3 else "{}") for i in range(100)]
+    ch.insert("events", rows, column_names=["event_name", "timestamp", "session_id", "user_id", "device_type",
+                                             "country_code", "properties"])
+    for query in panel_queries(DASHBOARDS["product-analytics"]):
+        result = ch.query(expand(query.raw_sql, QueryRange(end - timedelta(hours=6), end)))
+        assert result.result_rows, query.title
+        if query.format == 0:
+            times = [r[0] for r in result.result_rows]
+            assert isinstance(times[0], datetime), query.title
+            assert times == sorted(set(times)), f"{query.title}: time must ascend, one row per time"
+            assert all(isinstance(v, (int, float)) or v is None for r in result.result_rows for v in r[1:])
+
+
+def test_panel_sql_filters_time_with_the_plugin_macros():
+    for query in panel_queries(DASHBOARDS["product-analytics"]):
+        assert "$__timeFilter(timestamp)" in query.raw_sql or "$__toTime" in query.raw_sql, query.title
+    assert "$" not in re.sub(r"\$__[A-Za-z_]+", "", "".join(q.raw_sql for q in
+                                                               panel_queries(DASHBOARDS["product-analytics"]))), \
+        "template variables do not reach the alert backend or the panels command"
+
+
+def grafana_provisioning_variables() -> set[str]:
+    """Environment variables Grafana substitutes into the provisioning files."""
+    used = set()
+    for path in PROVISIONING:
+        # Values only (comments may mention $VAR); $$ is a literal dollar; $__macros are not variables.
+        for value in _strings(yaml.safe_load(path.read_text())):
+            used |= set(re.findall(r"(?<!\$)\$\{?([A-Z][A-Z0-9_]*)\}?", value))
+    return used
+
+
+def test_every_env_var_a_provisioning_file_reads_is_in_env_example():
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    used = grafana_provisioning_variables()
+    assert used >= {"CLICKHOUSE_HOST", "CLICKHOUSE_DATABASE", "CLICKHOUSE_GRAFANA_PASSWORD", "PROMETHEUS_URL",
+                    "ALERT_WEBHOOK_URL"}
+    assert used <= documented, f"undocumented in .env.example: {sorted(used - documented)}"
+
+
+def test_alert_rule_timing_annotations_and_routing():
+    doc = _yaml("alerting/error-rate.yaml")
+    (group,) = doc["groups"]
+    (rule,) = group["rules"]
+    assert group["interval"] == "1m" and rule["for"] == "3m"
+    assert rule["title"] == "error rate above 1%"
+    assert {"summary", "description"} <= set(rule["annotations"])
+    assert rule["dashboardUid"] == "product-analytics"
+    panel_ids = {p["id"]: p["title"] for p in DASHBOARDS["product-analytics"]["panels"]}
+    assert panel_ids[rule["panelId"]] == "Error rate"
+    # Annotation templates must not contain `$`: Grafana would substitute it from the environment.
+    assert "$" not in json.dumps(rule["annotations"])
+    (contact,) = doc["contactPoints"]
+    assert contact["receivers"][0]["settings"]["url"] == "$ALERT_WEBHOOK_URL"
+    assert doc["policies"][0]["receiver"] == contact["name"]
+
+
+async def test_every_prometheus_expression_names_a_metric_the_service_exposes(make_client):
+    client = await make_client()
+    assert (await client.post("/events", json=[event()])).status == 202
+    text = await (await client.get("/metrics")).text()
+    exposed = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    named = {m for expr in prometheus_expressions() for m in re.findall(r"\b(ingest_[a-z0-9_]+)\b", expr)}
+    assert named, "no metric names found in the pipeline dashboard"
+    assert named <= exposed, f"not exported by the service: {sorted(named - exposed)}"
+    panels = " ".join(p["title"].lower() for p in DASHBOARDS["ingest-pipeline"]["panels"])
+    for topic in ("accepted", "rejected", "buffer", "flush duration", "rows per flush", "failures", "since last"):
+        assert topic in panels
+
+
+def test_panels_command_reads_the_same_dashboard_file():
+    assert load_dashboard() == DASHBOARDS["product-analytics"]
+    assert [q.title for q in panel_queries(load_dashboard())] == ["Active users", "Signup funnel", "Top features",
+                                                                  "Error rate"]

@@ -1,0 +1,50 @@
+"""The README's stack documentation stays true to docker-compose.yml and .env.example."""
+
+from __future__ import annotations
+
+import re
+
+from ingest.config import ENV_VARS
+
+from .stack import ROOT, compose, env_example, references
+
+README = (ROOT / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end != -1 else None]
+
+
+def test_run_the_full_stack_gives_the_steps_in_order():
+    text = section("Run the full stack")
+    steps = ["cp .env.example .env", "replace-me", "docker compose up -d", "http://localhost:3000", "/events"]
+    positions = [text.index(step) for step in steps]
+    assert positions == sorted(positions)
+    for heading in ("### What each service is for", "### Upgrade", "### Back up the ClickHouse volume"):
+        assert heading in text
+
+
+def test_the_configuration_table_lists_every_variable_of_the_stack_and_the_service():
+    table = section("Configuration")
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", table, re.M))
+    wanted = {name for name, _, _ in references()} | set(env_example()) | set(ENV_VARS)
+    assert not wanted - rows, f"missing from the README's configuration table: {sorted(wanted - rows)}"
+
+
+def test_the_readme_names_the_versions_compose_pins():
+    text = section("Run the full stack")
+    for name, service in compose()["services"].items():
+        if "image" in service:
+            assert f"`{service['image']}`" in text, service["image"]
+    plugin = re.search(r"grafana-clickhouse-datasource@(\S+)", (ROOT / "docker-compose.yml").read_text())[1]
+    assert f"`grafana-clickhouse-datasource` {plugin}" in text
+    base = re.search(r"^FROM\s+(\S+)", (ROOT / "ingest" / "Dockerfile").read_text(), re.M)[1]
+    assert f"`{base}`" in text
+
+
+def test_the_readme_says_why_clickhouse_is_not_the_briefs_24_1():
+    text = section("Run the full stack")
+    line = compose()["services"]["clickhouse"]["image"].rpartition(":")[2].rsplit(".", 2)[0]
+    assert "24.1" in text and f"LTS line, {line}" in text
