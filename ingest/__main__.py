@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the ingest service (settings from the environment)")
+    from . import demo  # demo traffic takes its options from argv, not the environment
+    demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service"))
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run_from_args(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
