@@ -41,7 +41,9 @@ def machine() -> list[tuple[str, str]]:
 
     return [("cores", str(os.cpu_count())), ("cpu", cpu), ("python", platform.python_version()),
             ("chdb", f"{ver('chdb')} (engine {ver('chdb-core')})"), ("aiohttp", ver("aiohttp")),
-            ("clickhouse-connect", ver("clickhouse-connect"))]
+            ("clickhouse-connect", ver("clickhouse-connect")),
+            # Other work on the machine skews figures: say how busy it was.
+            ("load average 1/5 min", "%.2f / %.2f" % os.getloadavg()[:2])]
 
 
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:

@@ -92,6 +92,7 @@ async def service_main(args: argparse.Namespace) -> int:
     from ingest.app import METRICS, create_app
     from ingest.config import Settings
 
+    host = machine()  # before the load, so the load average tells what else was running
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     port = free_port()
     settings = Settings(host="127.0.0.1", port=port, clickhouse_url=f"chdb://{work / 'chdb'}",
@@ -125,7 +126,7 @@ async def service_main(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     lat = load["latencies_ms"]
-    print_table("machine", machine())
+    print_table("machine", host)
     offered = args.rps * args.events
     print_table(f"open loop: {args.rps:g} POST/s x {args.events} events = {offered:,.0f} events/s offered, "
                 f"{args.duration:g} s measured after {args.warmup:g} s warm-up", [

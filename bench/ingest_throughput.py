@@ -63,6 +63,7 @@ def main() -> int:
         print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
 
+    host = machine()  # before the load, so the load average tells what else was running
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
         body_path, lua_path = work / "body.json", work / "post.lua"
@@ -97,7 +98,7 @@ def main() -> int:
 
     seconds = r["duration_us"] / 1e6
     ms = lambda us: us / 1000  # noqa: E731
-    print_table("machine", machine())
+    print_table("machine", host)
     print_table(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
                 f"{EVENTS_PER_REQUEST} events per POST ({body_path.stat().st_size if body_path.exists() else len(demo_body())} bytes)", [
         ("requests/s", r["requests"] / seconds),
