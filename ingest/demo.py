@@ -249,6 +249,9 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
     async def send(batch):
         try:
             await _post(session, events_url, batch, report, max_attempts, stop_retrying)
+        except asyncio.CancelledError:
+            report.failed += len(batch)  # unanswered at the end: the service may or may not have it
+            raise
         finally:
             slots.release()
 
@@ -283,7 +286,7 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
                 _, pending = await asyncio.wait(pending, timeout=5)
                 for task in pending:
                     task.cancel()
-                # Cancelled sends are unanswered: the service may or may not have them.
+                await asyncio.gather(*pending, return_exceptions=True)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections import Counter, defaultdict
 
@@ -118,6 +119,7 @@ async def test_demo_run_lands_in_the_table_and_reports_what_was_stored(make_clie
     assert report.sent == 800
     assert report.accepted == report.sent and report.rejected == report.failed == 0
     assert report.statuses == {202: report.requests}
+    assert report.sent == report.accepted + report.rejected + report.failed
     await eventually(lambda: count(ch) == report.accepted)
     assert count(ch, "event_name = 'page_view'") > 0
 
@@ -141,3 +143,13 @@ async def test_demo_backs_off_on_503_and_resends(aiohttp_client):
     assert report.accepted == 50 and report.failed == 0
     assert report.retried_requests == 2 and report.retried > 0
     assert report.statuses[503] == 2
+
+
+async def test_unanswered_sends_count_as_failed_so_the_report_adds_up():
+    # A bound port that does not listen refuses connections; the drain bound cuts the retries short.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = "http://127.0.0.1:%d" % closed.getsockname()[1]
+        report = await demo.run(url, rate=20, duration=0.2, seed=3, max_attempts=3, drain_seconds=0.5)
+    assert report.sent == 4 and report.accepted == 0
+    assert report.failed == report.sent and report.retried > 0
