@@ -82,7 +82,8 @@ async def open_loop(url: str, rps: float, duration: float, warmup: float, body: 
 def client_main(args: argparse.Namespace) -> int:
     result = asyncio.run(open_loop(args.client, args.rps, args.duration, args.warmup,
                                    Path(args.body).read_bytes()))
-    print(json.dumps(result))
+    # A file, not stdout: thousands of latencies overflow a pipe nobody reads until this process exits.
+    Path(args.out).write_text(json.dumps(result))
     return 0
 
 
@@ -111,11 +112,13 @@ async def service_main(args: argparse.Namespace) -> int:
         body_path.write_bytes(demo_body(args.events))
         client_proc = subprocess.Popen(
             [sys.executable, __file__, "--client", f"http://127.0.0.1:{port}/events", "--rps", str(args.rps),
-             "--duration", str(args.duration), "--warmup", str(args.warmup), "--body", str(body_path)],
-            cwd=REPO, stdout=subprocess.PIPE, text=True)
+             "--duration", str(args.duration), "--warmup", str(args.warmup), "--body", str(body_path),
+             "--out", str(work / "load.json")],
+            cwd=REPO)
         freshness = await probe_freshness(ch, f"http://127.0.0.1:{port}/events", args, client_proc)
-        out, _ = await asyncio.to_thread(client_proc.communicate, timeout=args.warmup + args.duration + 120)
-        load = json.loads(out)
+        if await asyncio.to_thread(client_proc.wait, timeout=args.warmup + args.duration + 120):
+            raise RuntimeError(f"load client failed with {client_proc.returncode}")
+        load = json.loads((work / "load.json").read_text())
         metrics = app[METRICS]
         accepted = int(metrics.events_accepted._value.get())
         await runner.cleanup()  # stops intake and flushes the buffer
@@ -154,6 +157,11 @@ async def service_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def exact_stamp(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC without float rounding, so the probe can look the row up by it."""
+    return rfc3339(ms // 1000).removesuffix(".000Z") + f".{ms % 1000:03d}Z"
+
+
 async def probe_freshness(ch, url: str, args: argparse.Namespace, client_proc) -> dict:
     """Every --sentinel-every s while the load runs: POST one unique event, poll until a query sees it."""
     import aiohttp
@@ -162,9 +170,9 @@ async def probe_freshness(ch, url: str, args: argparse.Namespace, client_proc) -
     await asyncio.sleep(args.warmup)
     async with aiohttp.ClientSession() as session:
         while client_proc.poll() is None:
-            sid = f"sentinel-{uuid.uuid4().hex}"
-            event = [{"event_name": "page_view", "timestamp": rfc3339(time.time()), "session_id": sid,
-                      "user_id": None, "device_type": "other", "country_code": "ZZ", "properties": {}}]
+            sid, ms = f"sentinel-{uuid.uuid4().hex}", time.time_ns() // 1_000_000
+            event = [{"event_name": "page_view", "timestamp": exact_stamp(ms), "session_id": sid, "user_id": None,
+                      "device_type": "other", "country_code": "ZZ", "properties": {}}]
             sent = time.perf_counter()
             async with session.post(url, json=event) as resp:
                 if resp.status != 202:
@@ -172,16 +180,18 @@ async def probe_freshness(ch, url: str, args: argparse.Namespace, client_proc) -
                     continue
             acked = time.perf_counter()
             deadline = acked + 30
-            # (event_name, timestamp) is the sort key: bound the scan to the sentinel's minute.
-            sql = ("SELECT count() FROM events WHERE event_name = 'page_view' AND timestamp >= now() - 60 "
-                   "AND session_id = {sid:String}")
+            # A point lookup on the sort key (event_name, timestamp) reads one granule: the probe must not
+            # load the engine it measures.
+            sql = ("SELECT count() FROM events WHERE event_name = 'page_view' "
+                   "AND timestamp = fromUnixTimestamp64Milli({ms:Int64}, 'UTC') AND session_id = {sid:String}")
+            params = {"sid": sid, "ms": ms}
             while time.perf_counter() < deadline:
-                if await asyncio.to_thread(lambda: ch.query(sql, parameters={"sid": sid}).result_rows[0][0]):
+                if await asyncio.to_thread(lambda: ch.query(sql, parameters=params).result_rows[0][0]):
                     now = time.perf_counter()
                     sent_to_visible.append((now - sent) * 1000)
                     ack_to_visible.append((now - acked) * 1000)
                     break
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02)
             else:
                 unseen += 1
             await asyncio.sleep(max(0.0, args.sentinel_every - (time.perf_counter() - sent)))
@@ -197,6 +207,7 @@ def main() -> int:
     parser.add_argument("--sentinel-every", type=float, default=1.0, help="seconds between freshness probes")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # internal: run as the load child
     parser.add_argument("--body", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         return client_main(args)
