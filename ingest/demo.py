@@ -188,7 +188,7 @@ class Report:
 
 async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, max_attempts: int,
                 stop_retrying: asyncio.Event) -> None:
-    """POST one batch; resend after 503 (waiting Retry-After) or a connection error, up to max_attempts."""
+    """POST one batch; resend after 503/5xx/429 (waiting Retry-After) or a connection error, up to max_attempts."""
     import aiohttp
     import orjson
 
@@ -202,7 +202,7 @@ async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, 
         try:
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 report.statuses[resp.status] = report.statuses.get(resp.status, 0) + 1
-                if resp.status == 503:
+                if resp.status == 429 or resp.status >= 500:  # 503 is the service's "storage is behind"
                     delay = _retry_after(resp.headers.get("Retry-After"), delay)
                 else:
                     answer = await resp.json(content_type=None)
