@@ -1,4 +1,4 @@
-"""Command line: `python -m ingest serve` runs the service; `python -m ingest panels` prints the dashboard."""
+"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     panels.add_argument("--range", choices=["1h", "6h", "24h"], default="1h", help="time range ending now")
     panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
     panels.add_argument("--dashboard", help="dashboard JSON to read (default: grafana/dashboards/product-analytics.json)")
+    from . import demo  # demo traffic takes its options from argv, not the environment
+    demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service"))
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run_from_args(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -1,0 +1,327 @@
+"""Demo traffic: realistic product events (sessions, signup funnel, Zipf features, errors) POSTed at a steady rate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import time
+from bisect import bisect
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import accumulate
+from typing import Any
+
+MAX_BATCH = 500  # the service's per-request limit
+
+# Feature names in popularity order: rank k is used with weight 1/k**ZIPF_EXPONENT.
+FEATURES = (
+    "dashboard", "search", "export", "share", "filters", "comments", "notifications", "invite_team",
+    "csv_import", "api_keys", "dark_mode", "templates", "calendar", "reports", "integrations_slack",
+    "tags", "bulk_edit", "audit_log", "webhooks", "sso", "custom_fields", "automation", "pdf_export",
+    "two_factor", "billing_portal",
+)
+ZIPF_EXPONENT = 1.1
+_FEATURE_CUM = list(accumulate(1 / k ** ZIPF_EXPONENT for k in range(1, len(FEATURES) + 1)))
+
+_DEVICES = (("desktop", 55), ("mobile", 35), ("tablet", 7), ("other", 3))
+_COUNTRIES = (("US", 28), ("DE", 10), ("GB", 8), ("IN", 8), ("FR", 6), ("BR", 5), ("CA", 4), ("JP", 4),
+              ("NL", 3), ("ES", 3), ("IT", 3), ("AU", 3), ("PL", 2), ("SE", 2), ("MX", 2), ("KR", 2),
+              ("CH", 1), ("AT", 1), ("NG", 1), ("ZA", 1), ("ZZ", 1))
+_DEVICE_CUM = list(accumulate(w for _, w in _DEVICES))
+_COUNTRY_CUM = list(accumulate(w for _, w in _COUNTRIES))
+_PATHS = ("/", "/pricing", "/features", "/blog", "/docs", "/about", "/changelog")
+_ERRORS = (("TypeError", "undefined is not a function"), ("NetworkError", "request timed out"),
+           ("HTTP500", "internal server error"), ("ChunkLoadError", "loading chunk failed"))
+
+# Funnel drop-off for anonymous visitors: the chance to go on to the next step.
+P_CLICK = 0.45        # page_view -> button_click (the signup call to action)
+P_START = 0.55        # button_click -> signup_started
+P_COMPLETE = 0.6      # signup_started -> signup_completed
+ANONYMOUS_SHARE = 0.6  # sessions that start without a user_id
+BASE_ERROR_RATE = 0.005
+SPIKE_ERROR_RATE = 0.08
+
+
+def _pick(rng: random.Random, table, cum) -> str:
+    return table[bisect(cum, rng.random() * cum[-1])][0]
+
+
+def feature(rng: random.Random) -> str:
+    """A feature name, Zipf-distributed over FEATURES (a few features get most of the use)."""
+    return FEATURES[bisect(_FEATURE_CUM, rng.random() * _FEATURE_CUM[-1])]
+
+
+@dataclass
+class Session:
+    """One visit: its fixed attributes and the events it will still send, in order."""
+
+    session_id: str
+    user_id: str | None
+    device_type: str
+    country_code: str
+    steps: list[tuple[str, dict[str, Any], str | None]]  # (event_name, properties, user_id from then on)
+
+
+def plan_session(rng: random.Random) -> Session:
+    """A visit's whole script: anonymous visitors walk the signup funnel with drop-off, known users use features."""
+    session_id = f"s-{rng.getrandbits(64):016x}"
+    anonymous = rng.random() < ANONYMOUS_SHARE
+    user_id = None if anonymous else f"u-{rng.randrange(1, 20000)}"
+    steps: list[tuple[str, dict[str, Any], str | None]] = []
+    for _ in range(1 + min(int(rng.expovariate(0.7)), 6)):  # a landing page and a few more views
+        steps.append(("page_view", {"path": rng.choice(_PATHS)}, user_id))
+    if anonymous:
+        if rng.random() < P_CLICK:
+            steps.append(("button_click", {"button": "signup_cta"}, None))
+            if rng.random() < P_START:
+                steps.append(("signup_started", {"plan": rng.choice(("free", "free", "pro", "team"))}, None))
+                if rng.random() < P_COMPLETE:
+                    # The visitor has an account from here on: later events carry the new user_id.
+                    user_id = f"u-{rng.randrange(20000, 10**9)}"
+                    steps.append(("signup_completed", {"method": rng.choice(("email", "google", "github"))},
+                                  user_id))
+                    for _ in range(rng.randrange(0, 3)):
+                        steps.append(("feature_used", {"feature": feature(rng)}, user_id))
+    else:
+        for _ in range(1 + min(int(rng.expovariate(0.35)), 15)):
+            if rng.random() < 0.25:
+                steps.append(("button_click", {"button": rng.choice(("save", "new_item", "settings"))}, user_id))
+            steps.append(("feature_used", {"feature": feature(rng), "duration_ms": rng.randrange(50, 30000)},
+                          user_id))
+    return Session(session_id, None if anonymous else user_id, _pick(rng, _DEVICES, _DEVICE_CUM),
+                   _pick(rng, _COUNTRIES, _COUNTRY_CUM), steps)
+
+
+@dataclass(frozen=True)
+class ErrorSpike:
+    """From `start` seconds into the run, for `duration` seconds, errors occur at `rate` instead of the base rate."""
+
+    start: float
+    duration: float
+    rate: float = SPIKE_ERROR_RATE
+
+    @classmethod
+    def parse(cls, text: str) -> "ErrorSpike":
+        """START:DURATION[:RATE], e.g. 30:60 or 30:60:0.2."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError("expected START:DURATION[:RATE], e.g. 30:60")
+        start, duration = float(parts[0]), float(parts[1])
+        rate = float(parts[2]) if len(parts) == 3 else SPIKE_ERROR_RATE
+        if start < 0 or duration <= 0 or not 0 <= rate <= 1:
+            raise ValueError("START >= 0, DURATION > 0, 0 <= RATE <= 1")
+        return cls(start, duration, rate)
+
+
+def error_rate_at(elapsed: float, spike: ErrorSpike | None, base: float = BASE_ERROR_RATE) -> float:
+    """The share of error_occurred events at this point of the run."""
+    if spike is not None and spike.start <= elapsed < spike.start + spike.duration:
+        return spike.rate
+    return base
+
+
+def rfc3339(ts: float) -> str:
+    """Unix time as RFC 3339 UTC with milliseconds and a Z."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Traffic:
+    """An endless stream of events from many concurrent sessions, interleaved as real traffic is."""
+
+    def __init__(self, rng: random.Random, concurrent_sessions: int = 200) -> None:
+        self.rng = rng
+        self._sessions = [plan_session(rng) for _ in range(concurrent_sessions)]
+        self._cursor = [0] * concurrent_sessions
+
+    def events(self, n: int, timestamp: str, error_rate: float = BASE_ERROR_RATE) -> list[dict[str, Any]]:
+        """The next n events, all stamped `timestamp`; each is an error with probability error_rate."""
+        rng, sessions, cursor = self.rng, self._sessions, self._cursor
+        out = []
+        for _ in range(n):
+            slot = rng.randrange(len(sessions))
+            s = sessions[slot]
+            if rng.random() < error_rate:
+                # Errors happen anywhere in a visit and do not move it along.
+                kind, message = rng.choice(_ERRORS)
+                name, props, user_id = "error_occurred", {"error": kind, "message": message}, s.user_id
+            else:
+                name, props, user_id = s.steps[cursor[slot]]
+                s.user_id = user_id
+                cursor[slot] += 1
+                if cursor[slot] == len(s.steps):  # visit over: a new one takes its place
+                    sessions[slot], cursor[slot] = plan_session(rng), 0
+            out.append({"event_name": name, "timestamp": timestamp, "session_id": s.session_id,
+                        "user_id": user_id, "device_type": s.device_type, "country_code": s.country_code,
+                        "properties": props})
+        return out
+
+
+@dataclass
+class Report:
+    """What the run sent and what the service made of it (counts of events unless named requests)."""
+
+    sent: int = 0            # distinct events generated and POSTed (a resend is not counted again)
+    accepted: int = 0
+    rejected: int = 0        # refused by validation, or in a request refused whole (4xx)
+    retried: int = 0         # event resends after 503 or a connection error
+    failed: int = 0          # events given up on (retries exhausted, or unanswered at the end)
+    requests: int = 0
+    retried_requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors_sent: int = 0
+    elapsed: float = 0.0
+
+    def table(self) -> str:
+        rate = self.sent / self.elapsed if self.elapsed else 0.0
+        rows = [("sent", self.sent), ("accepted", self.accepted), ("rejected", self.rejected),
+                ("retried (resends)", self.retried), ("failed (given up)", self.failed),
+                ("error_occurred sent", self.errors_sent), ("requests", self.requests),
+                ("requests retried", self.retried_requests)]
+        lines = [f"{name:<22}{value:>12,}" for name, value in rows]
+        lines.append(f"{'elapsed s':<22}{self.elapsed:>12.1f}")
+        lines.append(f"{'events/s sent':<22}{rate:>12,.0f}")
+        lines.append("HTTP statuses         " + ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items())))
+        return "\n".join(lines)
+
+
+async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, max_attempts: int,
+                stop_retrying: asyncio.Event) -> None:
+    """POST one batch; resend after 503/5xx/429 (waiting Retry-After) or a connection error, up to max_attempts."""
+    import aiohttp
+    import orjson
+
+    body = orjson.dumps(batch)
+    for attempt in range(1, max_attempts + 1):
+        if attempt > 1:
+            report.retried += len(batch)
+            report.retried_requests += 1
+        report.requests += 1
+        delay = min(0.5 * 2 ** (attempt - 1), 10.0)
+        try:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                report.statuses[resp.status] = report.statuses.get(resp.status, 0) + 1
+                if resp.status == 429 or resp.status >= 500:  # 503 is the service's "storage is behind"
+                    delay = _retry_after(resp.headers.get("Retry-After"), delay)
+                else:
+                    answer = await resp.json(content_type=None)
+                    if resp.status in (202, 400) and "accepted" in answer:
+                        report.accepted += answer["accepted"]
+                        report.rejected += len(answer["rejected"])
+                    else:  # refused whole (4xx) or an unexpected answer: resending would not help
+                        report.rejected += len(batch)
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        if attempt == max_attempts or stop_retrying.is_set():
+            break
+        await asyncio.sleep(delay)
+    report.failed += len(batch)
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        return max(0.0, min(float(value), 60.0)) if value is not None else default
+    except ValueError:
+        return default
+
+
+async def run(url: str, rate: float, duration: float | None = None, spike: ErrorSpike | None = None,
+              seed: int | None = None, batch_max: int = MAX_BATCH, concurrency: int = 16,
+              max_attempts: int = 8, drain_seconds: float = 30.0,
+              stop: asyncio.Event | None = None) -> Report:
+    """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set."""
+    import aiohttp
+
+    if not 0 < batch_max <= MAX_BATCH:
+        raise ValueError(f"batch size must be 1..{MAX_BATCH}")
+    traffic = Traffic(random.Random(seed))
+    report = Report()
+    stop = stop or asyncio.Event()
+    stop_retrying = asyncio.Event()
+    events_url = url.rstrip("/") + "/events"
+    # Small batches at low rates keep the dashboard live; at high rates full batches keep requests few.
+    tick = min(0.25, max(0.01, batch_max / rate))
+    slots = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task] = set()
+
+    async def send(batch):
+        try:
+            await _post(session, events_url, batch, report, max_attempts, stop_retrying)
+        except asyncio.CancelledError:
+            report.failed += len(batch)  # unanswered at the end: the service may or may not have it
+            raise
+        finally:
+            slots.release()
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        started = time.monotonic()
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            finished = duration is not None and elapsed >= duration
+            due = int(rate * (min(elapsed, duration) if duration is not None else elapsed)) - report.sent
+            stamp, error_rate = rfc3339(time.time()), error_rate_at(elapsed, spike)
+            while due > 0 and not stop.is_set():
+                batch = traffic.events(min(due, batch_max), stamp, error_rate)
+                due -= len(batch)
+                report.sent += len(batch)
+                report.errors_sent += sum(e["event_name"] == "error_occurred" for e in batch)
+                # Waiting for a free slot is the back-pressure: a slow service slows the generator.
+                await slots.acquire()
+                task = asyncio.create_task(send(batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if finished:
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), tick)
+            except asyncio.TimeoutError:
+                pass
+        report.elapsed = time.monotonic() - started
+        if tasks:
+            _, pending = await asyncio.wait(set(tasks), timeout=drain_seconds)
+            if pending:
+                stop_retrying.set()
+                _, pending = await asyncio.wait(pending, timeout=5)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ingest demo`: parse argv, run until the duration ends or Ctrl-C, print the report."""
+    parser = argparse.ArgumentParser(prog="python -m ingest demo", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:3001", help="the ingest service's base URL")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    parser.add_argument("--error-spike", type=ErrorSpike.parse, default=None, metavar="START:DURATION[:RATE]",
+                        help=f"errors at RATE (default {SPIKE_ERROR_RATE}) instead of {BASE_ERROR_RATE} from "
+                             "second START for DURATION seconds, e.g. 30:60")
+    parser.add_argument("--batch", type=int, default=MAX_BATCH, help=f"most events per request (1..{MAX_BATCH})")
+    parser.add_argument("--concurrency", type=int, default=16, help="most requests in flight")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable event stream")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if args.rate <= 0 or (args.duration is not None and args.duration <= 0):
+        print("--rate and --duration must be positive")
+        return 2
+
+    async def go() -> Report:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run(args.url, args.rate, args.duration, args.error_spike, args.seed, args.batch,
+                         args.concurrency, stop=stop)
+
+    report = asyncio.run(go())
+    print(report.table())
+    return 0 if report.failed == 0 else 1
