@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -15,8 +16,14 @@ def serve(settings: Settings) -> None:
 
     from .app import create_app
 
+    app = create_app(settings)
+    # The buffer holds up to INGEST_BUFFER_MAX_EVENTS row tuples, which can form no cycles, yet the
+    # cyclic collector rescans them on each collection: ~25% of the per-event CPU under load (profiled).
+    # Freeze what start-up made and collect rarely; reference counting still frees everything else.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     # run_app turns SIGINT and SIGTERM into a graceful shutdown that runs the cleanup contexts.
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 shutdown_timeout=5, print=lambda msg: logging.getLogger("ingest").info(msg.strip()))
 
 
