@@ -1,4 +1,5 @@
-"""Command line: `python -m ingest serve` runs the service; `python -m ingest panels` prints the dashboard."""
+"""Command line: `python -m ingest serve` runs the service; `python -m ingest panels` prints the dashboard;
+`python -m ingest rebuild-rollups` refills the dashboard rollups from the events table (after an upgrade)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     panels.add_argument("--range", choices=["1h", "6h", "24h"], default="1h", help="time range ending now")
     panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
     panels.add_argument("--dashboard", help="dashboard JSON to read (default: grafana/dashboards/product-analytics.json)")
+    commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
+                                                "(run with the service stopped)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -41,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         from . import panels as panels_command
 
         return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
+    elif args.command == "rebuild-rollups":
+        from .panels import connect
+        from .rollups import rebuild
+
+        client = connect(settings)
+        try:
+            for table, rows in rebuild(client).items():
+                print(f"{table}: {rows} rows")
+        finally:
+            client.close()
     return 0
 
 
