@@ -184,3 +184,15 @@ def test_rollups_keep_the_events_tables_retention_and_monthly_partitions(ch, loa
         if name != "events":
             assert "PARTITION BY toYYYYMM(" in engine and "TTL toDate(" in engine, name
             assert "+ toIntervalDay(90)" in engine, name
+
+
+def test_rebuild_rollups_command_refills_the_configured_database(ch, settings, monkeypatch, capsys):
+    from ingest.__main__ import main as cli
+
+    _apply_only_the_events_table(settings)
+    _insert_in_batches(ch, random_events(seed=9)[:500], batches=1)
+    monkeypatch.setenv("CLICKHOUSE_URL", settings.clickhouse_url)
+    monkeypatch.setenv("CLICKHOUSE_DATABASE", settings.clickhouse_database)
+    assert cli(["rebuild-rollups"]) == 0
+    assert "events_per_minute: " in capsys.readouterr().out
+    assert ch.command("SELECT sum(events) FROM events_per_minute") == 500
