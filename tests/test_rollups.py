@@ -137,6 +137,22 @@ def test_edge_minutes_are_read_whole_when_an_index_granule_starts_just_before_a_
     assert started == sum(qrange.start <= first + i * 10 * MS <= qrange.end for i in range(20_000))
 
 
+def test_the_big_number_counts_every_session_when_an_index_granule_starts_just_after_the_window_opens(ch, settings):
+    # As above for the window's strict lower bound: the second granule starts 200 ms after end - 5 min; a strict
+    # `timestamp > <DateTime>` drops the sessions of the first granule's last 200 ms.
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    opens = B + timedelta(hours=1)
+    first = opens - timedelta(seconds=81.92) + timedelta(milliseconds=200)
+    rows = [_ev("page_view", first + i * 10 * MS, f"s{i // 10}") for i in range(20_000)]
+    ch.insert("events", rows, column_names=COLUMNS)
+    (granule_start,) = ch.query("SELECT timestamp FROM events WHERE _part_offset = 8192").result_rows[0]
+    assert timedelta(0) < granule_start.replace(tzinfo=timezone.utc) - opens < timedelta(seconds=1)
+    end = opens + timedelta(minutes=5)
+    active_sql = {title: sql for title, sql, _ in _pairs()}["Active users"]
+    last = ch.query(expand(active_sql, QueryRange(end - timedelta(hours=1), end))).result_rows[-1]
+    assert last[1] == len({e[2] for e in rows if opens < e[1] <= end})
+
+
 def _apply_only_the_events_table(settings):
     """A deployment from before the rollups: only 001_events.sql applied."""
     import clickhouse_connect
