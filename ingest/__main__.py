@@ -1,4 +1,5 @@
-"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic."""
+"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic,
+`rebuild-rollups` refills the dashboard rollups from the events table (after an upgrade)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     panels.add_argument("--dashboard", help="dashboard JSON to read (default: grafana/dashboards/product-analytics.json)")
     from . import demo  # demo traffic takes its options from argv, not the environment
     demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service"))
+    commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
+                                                "(run with the service stopped)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.run_from_args(args)
@@ -52,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         from . import panels as panels_command
 
         return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
+    elif args.command == "rebuild-rollups":
+        from .panels import connect
+        from .rollups import rebuild
+
+        client = connect(settings)
+        try:
+            for table, rows in rebuild(client).items():
+                print(f"{table}: {rows} rows")
+        finally:
+            client.close()
     return 0
 
 

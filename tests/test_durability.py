@@ -112,6 +112,8 @@ async def test_rows_clickhouse_refuses_go_to_the_dead_letter_file_and_the_rest_i
     resp = await client.post("/events", json=batch)
     assert resp.status == 202 and (await resp.json())["accepted"] == 20  # valid by the schema
     await eventually(lambda: count(ch) == 18, timeout=10)
+    # The letters are written once the whole split is done, just after the last good rows are visible.
+    await eventually(lambda: len(DeadLetterFile(settings.dead_letter_path).read()) == 2, timeout=10)
     letters = DeadLetterFile(settings.dead_letter_path).read()
     assert sorted(d["event"]["session_id"] for d in letters) == ["poison-1", "poison-2"]
     assert all("VIOLATED_CONSTRAINT" in d["reason"] for d in letters)

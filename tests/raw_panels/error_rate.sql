@@ -1,0 +1,8 @@
+-- Error rate on the raw events table: the dashboard's SQL before the rollups (reference for tests and bench).
+SELECT
+    toStartOfMinute(timestamp) AS time,
+    toNullable(100 * countIf(event_name = 'error_occurred') / count()) AS error_rate_pct
+FROM events
+WHERE $__timeFilter(timestamp)
+GROUP BY time
+ORDER BY time WITH FILL FROM toStartOfMinute($__fromTime) TO $__toTime + 1 STEP 60

@@ -1,0 +1,10 @@
+-- Signup funnel on the raw events table: the dashboard's SQL before the rollups (reference for tests and bench).
+SELECT
+    toStartOfHour(timestamp) AS time,
+    countIf(event_name = 'signup_started') AS started,
+    countIf(event_name = 'signup_completed') AS completed,
+    if(started = 0, NULL, 100 * completed / started) AS conversion_pct
+FROM events
+WHERE event_name IN ('signup_started', 'signup_completed') AND $__timeFilter(timestamp)
+GROUP BY time
+ORDER BY time WITH FILL FROM toStartOfHour($__fromTime) TO $__toTime + 1 STEP 3600
