@@ -81,7 +81,16 @@ def main() -> int:
                                   "--latency", "-s", str(lua_path), service.url + "/events"],
                                  capture_output=True, text=True, timeout=args.duration + 60)
             service_cores = (cpu_seconds(service.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
-            metrics = http(service.url + "/metrics")[1].decode()
+            # wrk stops its clock with requests still queued in the service: let them finish, so the
+            # acknowledged count is final before it is compared with the stored rows.
+            metrics, previous = "", None
+            while True:
+                metrics = http(service.url + "/metrics")[1].decode()
+                answered = metric(metrics, 'ingest_http_requests_total{route="/events",status="202"}')
+                if answered == previous:
+                    break
+                previous = answered
+                time.sleep(1.0)
             accepted_metric = int(metric(metrics, "ingest_events_accepted_total"))
             acknowledged = int(metric(metrics, 'ingest_http_requests_total{route="/events",status="202"}'))
             acknowledged *= EVENTS_PER_REQUEST

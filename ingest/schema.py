@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 
 import jsonschema
 import jsonschema_rs
@@ -28,16 +28,10 @@ COLUMN_TYPES = ("LowCardinality(String)", "DateTime64(3, 'UTC')", "String", "Nul
                 "LowCardinality(String)", "LowCardinality(FixedString(2))", "String")
 
 
-class Row(NamedTuple):
-    """One validated event, in table column order; timestamp as UTC epoch milliseconds."""
-
-    event_name: str
-    timestamp: int
-    session_id: str
-    user_id: str | None
-    device_type: str
-    country_code: str
-    properties: str
+# One validated event: a plain tuple in COLUMNS order (event_name, timestamp as UTC epoch milliseconds,
+# session_id, user_id or None, device_type, country_code, properties as JSON text). Plain, not a
+# NamedTuple: orjson writes tuples natively, and the write-ahead log encodes every row (profiled).
+Row = tuple
 
 
 @dataclass(frozen=True)
@@ -150,8 +144,8 @@ class EventValidator:
         if ms > newest_ms:
             return [FieldError("/timestamp", "more than 1 hour in the future; check the client clock")]
         props = event.get("properties")
-        return Row(event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
-                   event["country_code"], orjson.dumps(props).decode() if props else "{}")
+        return (event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
+                event["country_code"], orjson.dumps(props).decode() if props else "{}")
 
 
 MAX_DEPTH = 16  # far above any valid event (2), far below what jsonschema's recursion can report on

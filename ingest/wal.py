@@ -44,7 +44,7 @@ class Recovery:
 
 
 def encode(lsn: int, rows: Sequence[Row]) -> bytes:
-    payload = orjson.dumps(rows, default=tuple)
+    payload = orjson.dumps(rows)
     return _HEADER.pack(len(payload), zlib.crc32(payload), lsn) + payload
 
 
@@ -57,7 +57,7 @@ def decode(data: bytes) -> tuple[list[tuple[int, list[Row]]], int]:
         payload = data[start:end]
         if end > len(data) or zlib.crc32(payload) != crc:
             break
-        records.append((lsn, [Row(*r) for r in orjson.loads(payload)]))
+        records.append((lsn, [tuple(r) for r in orjson.loads(payload)]))
         offset = end
     return records, offset
 

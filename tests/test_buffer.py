@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from ingest.buffer import Buffer, BufferFull
-from ingest.schema import Row
 
 
 class Clock:
@@ -16,8 +15,8 @@ class Clock:
         return self.now
 
 
-def rows(n: int, tag: str = "r") -> list[Row]:
-    return [Row("page_view", i, f"{tag}{i}", None, "desktop", "DE", "{}") for i in range(n)]
+def rows(n: int, tag: str = "r") -> list[tuple]:
+    return [("page_view", i, f"{tag}{i}", None, "desktop", "DE", "{}") for i in range(n)]
 
 
 def test_rows_are_taken_all_or_none_at_the_cap():
@@ -55,7 +54,7 @@ def test_a_failed_batch_is_offered_again_unchanged_while_new_rows_wait_behind_it
     assert len(buf) == 5 and buf.waiting == 2
     buf.done(first)
     second = buf.take()
-    assert [r.session_id for r in second.rows] == ["b0", "b1"] and second.token != first.token
+    assert [r[2] for r in second.rows] == ["b0", "b1"] and second.token != first.token
     buf.done(second)
     assert len(buf) == 0 and buf.take() is None
 
