@@ -93,6 +93,7 @@ async def service_main(args: argparse.Namespace) -> int:
     import clickhouse_connect
     from aiohttp import web
 
+    from ingest.__main__ import tune_gc
     from ingest.app import METRICS, create_app
     from ingest.config import Settings
 
@@ -100,8 +101,10 @@ async def service_main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     port = free_port()
     settings = Settings(host="127.0.0.1", port=port, clickhouse_url=f"chdb://{work / 'chdb'}",
+                        wal_dir=str(work / "wal"), dead_letter_path=str(work / "dead-letter.jsonl"),
                         log_level="WARNING")
     app = create_app(settings)
+    tune_gc()  # as `python -m ingest serve` does
     runner = web.AppRunner(app, access_log=None)
     client_proc = None
     try:
