@@ -77,7 +77,10 @@ class Sink:
                 self.apply_schema()
             self._client = clickhouse_connect.get_client(dsn=self.url, database=self.database)
             self._insert_context = self._client.create_insert_context(
-                TABLE, column_names=list(COLUMNS), column_type_names=list(COLUMN_TYPES), column_oriented=True)
+                TABLE, column_names=list(COLUMNS), column_type_names=list(COLUMN_TYPES), column_oriented=True,
+                # A retried batch (same token) must be dropped by the rollups the views feed, not only by
+                # events; the rollup tables carry a deduplication window for it.
+                settings={"deduplicate_blocks_in_dependent_materialized_views": 1})
         return self._client
 
     def apply_schema(self) -> None:

@@ -93,9 +93,14 @@ async def test_an_insert_that_landed_before_a_crash_is_not_stored_twice(tmp_path
     assert second.recover() == 5
     assert await second.drain(5)
     assert count(ch) == 5  # the replayed batch carried the same token: the server dropped it
+    # ... and so did the dashboard's rollups, which the views feed from every insert into events.
+    assert ch.command("SELECT sum(events) FROM events_per_minute") == 5
+    assert ch.command("SELECT count() FROM feature_users_per_minute") == 0  # none were feature_used
+    assert ch.command("SELECT uniqCombinedMerge(12)(sessions) FROM active_sessions_5m") == 5
     await second.accept(rows(1, "z"))
     assert await second.drain(5)
     assert count(ch) == 6
+    assert ch.command("SELECT sum(events) FROM events_per_minute") == 6
     second.wal.close()
     sink.close()
 

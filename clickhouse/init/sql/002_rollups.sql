@@ -19,7 +19,10 @@ CREATE TABLE IF NOT EXISTS events_per_minute
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (minute, event_name)
-TTL toDate(minute) + INTERVAL 90 DAY;
+TTL toDate(minute) + INTERVAL 90 DAY
+-- A retried insert into events carries its token through the views; the window makes this table
+-- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_per_minute_mv TO events_per_minute AS
 SELECT toStartOfMinute(timestamp) AS minute, event_name, count() AS events
@@ -39,7 +42,10 @@ CREATE TABLE IF NOT EXISTS active_sessions_5m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(window_end)
 ORDER BY window_end
-TTL toDate(window_end) + INTERVAL 90 DAY;
+TTL toDate(window_end) + INTERVAL 90 DAY
+-- A retried insert into events carries its token through the views; the window makes this table
+-- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS active_sessions_5m_mv TO active_sessions_5m AS
 SELECT window_end, uniqCombinedState(12)(session_id) AS sessions
@@ -60,7 +66,10 @@ CREATE TABLE IF NOT EXISTS feature_users_per_minute
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (minute, feature)
-TTL toDate(minute) + INTERVAL 90 DAY;
+TTL toDate(minute) + INTERVAL 90 DAY
+-- A retried insert into events carries its token through the views; the window makes this table
+-- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_minute_mv TO feature_users_per_minute AS
 SELECT toStartOfMinute(timestamp) AS minute,
@@ -81,7 +90,10 @@ CREATE TABLE IF NOT EXISTS feature_users_per_hour
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (hour, feature)
-TTL toDate(hour) + INTERVAL 90 DAY;
+TTL toDate(hour) + INTERVAL 90 DAY
+-- A retried insert into events carries its token through the views; the window makes this table
+-- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_hour_mv TO feature_users_per_hour AS
 SELECT toStartOfHour(timestamp) AS hour,
