@@ -81,7 +81,7 @@ class WriteAheadLog:
         self._next_lsn = 1
         self._segments: dict[Path, int] = {}  # closed segment -> its last LSN
         self._active: Path | None = None
-        self._active_file = None
+        self._active_fd: int | None = None
         self._active_size = 0
         self._pending: list[tuple[Sequence[Row], Callable[[int], None], Callable[[], None], asyncio.Future]] = []
         self._committer: asyncio.Task | None = None
@@ -155,22 +155,46 @@ class WriteAheadLog:
                     future.set_result(lsn)
 
     def _write(self, data: bytes, last_lsn: int) -> None:
-        f = self._active_file
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if self._active_fd is None:
+            with self._lock:
+                self._open_segment()  # the last segment was abandoned after a failed write
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(self._active_fd, view):]
+            os.fsync(self._active_fd)
+        except BaseException:
+            self._abandon_segment()
+            raise
         with self._lock:
             self._active_size += len(data)
             self._segments[self._active] = last_lsn
             if self._active_size >= self.segment_bytes:
                 self._open_segment()
 
+    def _abandon_segment(self) -> None:
+        """After a failed write: cut the segment back to its last good record and never append to it again.
+
+        Left in place, a torn record would end recovery's reading of the segment early (dropping later,
+        acknowledged records), and a written-but-not-synced one would be replayed though it was refused.
+        """
+        fd, self._active_fd = self._active_fd, None
+        try:
+            os.ftruncate(fd, self._active_size)
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("WAL %s: could not cut back a failed write: %s", self._active.name, exc)
+        finally:
+            os.close(fd)
+
     def _open_segment(self) -> None:
-        if self._active_file is not None:
-            self._active_file.close()
+        if self._active_fd is not None:
+            os.close(self._active_fd)
+            self._active_fd = None
         self._active = self.directory / f"{self._next_lsn:020d}{_SUFFIX}"
-        self._active_file = open(self._active, "ab")
-        self._active_size = self._active_file.tell()
+        fd = os.open(self._active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._active_fd = fd
+        self._active_size = os.fstat(fd).st_size
         self._segments.setdefault(self._active, 0)
         _fsync_dir(self.directory)
 
@@ -218,6 +242,6 @@ class WriteAheadLog:
         return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
-        if self._active_file is not None:
-            self._active_file.close()
-            self._active_file = None
+        if self._active_fd is not None:
+            os.close(self._active_fd)
+            self._active_fd = None

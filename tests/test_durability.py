@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import resource
+import signal
 
 import pytest
 
@@ -50,6 +52,34 @@ async def test_a_restart_replays_only_what_storage_does_not_have(tmp_path):
     assert again.wal_id == wal.wal_id
     assert await _append(again, rows(1, "new")) == 5  # numbering goes on: tokens never repeat
     again.close()
+
+
+async def test_a_failed_log_write_is_refused_and_leaves_no_trace_in_the_log(tmp_path):
+    """A write that fails part-way (here: the file-size limit, as a full disk would) is cut back out."""
+    wal = WriteAheadLog(tmp_path)
+    wal.recover()
+    outcomes = {}
+
+    async def append(tag):
+        try:
+            outcomes[tag] = await wal.append(rows(3, tag), lambda lsn: None, lambda: None)
+        except OSError:
+            outcomes[tag] = "refused"
+
+    await append("a")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death by signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (wal._active_size + 40, limit[1]))
+    try:
+        await append("b")  # 40 bytes of it reach the disk, then the write fails
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, previous)
+    await append("c")
+    wal.close()
+    assert outcomes == {"a": 1, "b": "refused", "c": 3}
+    replayed = WriteAheadLog(tmp_path).recover().records
+    assert [(lsn, rs[0][2]) for lsn, rs in replayed] == [(1, "a0"), (3, "c0")]
 
 
 async def test_stored_segments_are_deleted(tmp_path):
