@@ -100,6 +100,11 @@ def _parse_events(body: bytes) -> list[Any]:
     return events
 
 
+def _retry_after(app: web.Application) -> dict[str, str]:
+    """When a refused client should come back: about one flush interval."""
+    return {"Retry-After": str(max(1, math.ceil(app[SETTINGS].flush_interval_seconds)))}
+
+
 async def post_events(request: web.Request) -> web.Response:
     """Validate each event on its own, buffer the valid ones, and say which were refused and why."""
     app = request.app
@@ -118,15 +123,14 @@ async def post_events(request: web.Request) -> web.Response:
         metrics.events_rejected.inc(len(rejected))
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
                       "accepted": 0, "rejected": rejected}, 400)
-    pipeline = app[PIPELINE]
-    retry = {"Retry-After": str(max(1, math.ceil(app[SETTINGS].flush_interval_seconds)))}
     try:
-        await pipeline.accept(rows)
+        await app[PIPELINE].accept(rows)
     except BufferFull as exc:
-        return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later", retry)
+        return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later",
+                      _retry_after(app))
     except WalError:
         return _error(503, "log_unavailable", "events could not be written to the local log; nothing stored, "
-                      "retry later", retry)
+                      "retry later", _retry_after(app))
     metrics.events_accepted.inc(len(rows))
     metrics.events_rejected.inc(len(rejected))
     metrics.request_duration.observe(time.perf_counter() - started)

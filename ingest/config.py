@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -25,7 +26,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 3001
     # Embedded engine (chdb) under ./data by default; http(s)://user:pass@host:port for a server.
-    clickhouse_url: str = "chdb://" + str(Path("data/clickhouse").absolute())
+    clickhouse_url: str = field(default="chdb://" + str(Path("data/clickhouse").absolute()), repr=False)
     clickhouse_database: str = "analytics"
     flush_interval_seconds: float = 2.0
     flush_events: int = 1000
@@ -55,7 +56,8 @@ class Settings:
             )
         for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
                      "retry_max_seconds"):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{_ENV[name]} must be positive")
         if self.buffer_max_events < self.flush_events:
             raise ConfigError("INGEST_BUFFER_MAX_EVENTS must be at least INGEST_FLUSH_EVENTS")
@@ -120,4 +122,9 @@ _PARSE = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    credentials, at, host = netloc.rpartition("@")  # the last @: a password may hold one
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}{slash}{path}"

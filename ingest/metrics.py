@@ -30,7 +30,7 @@ class Metrics:
             "ingest_http_requests", "HTTP requests answered, by route and status code.", ["route", "status"],
             registry=r)
         self.request_duration = Histogram(
-            "ingest_http_request_duration_seconds", "Time to answer POST /events.",
+            "ingest_http_request_duration_seconds", "Time to accept a POST /events (202 answers only).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
         self.buffer_events = Gauge(
             "ingest_buffer_events", "Events waiting for storage, including the batch being inserted.", registry=r)

@@ -61,7 +61,7 @@ class Pipeline:
         if recovery.in_flight and recovery.in_flight[1] > recovery.stored_lsn:
             first, last = recovery.in_flight
             rows = [row for lsn, rs in records if first <= lsn <= last for row in rs]
-            self.buffer.restore(Batch(rows, first, last, token=self.wal.token(first, last)))
+            self.buffer.restore(Batch(rows, first, last))  # flush_once gives it its log token
             records = [r for r in records if r[0] > last]
         for lsn, rows in records:
             self.buffer.add(rows, lsn, bounded=False)  # already acknowledged: never refuse them now

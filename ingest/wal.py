@@ -239,7 +239,13 @@ class WriteAheadLog:
         """Size of the segments on disk."""
         with self._lock:
             paths = list(self._segments)
-        return sum(p.stat().st_size for p in paths if p.exists())
+        total = 0
+        for path in paths:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # deleted by the flush thread meanwhile: stored, so not counted
+                pass
+        return total
 
     def close(self) -> None:
         if self._active_fd is not None:

@@ -24,6 +24,12 @@ def test_set_variables_are_parsed_to_their_types():
                            "CLICKHOUSE_URL": "http://ingest:pw@ch:8123", "CLICKHOUSE_DATABASE": "prod_events"})
     assert (s.port, s.flush_interval_seconds, s.clickhouse_database) == (8080, 0.5, "prod_events")
     assert s.redacted_url == "http://ingest:***@ch:8123"
+    assert "pw" not in repr(s)
+
+
+def test_a_password_holding_an_at_sign_is_redacted_whole():
+    s = Settings.from_env({"CLICKHOUSE_URL": "http://ingest:p@ss@ch:8123/x"})
+    assert s.redacted_url == "http://ingest:***@ch:8123/x"
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -33,6 +39,8 @@ def test_set_variables_are_parsed_to_their_types():
     ({"CLICKHOUSE_DATABASE": "analytics; DROP"}, "CLICKHOUSE_DATABASE"),
     ({"CLICKHOUSE_URL": "postgres://x"}, "CLICKHOUSE_URL"),
     ({"INGEST_BUFFER_MAX_EVENTS": "10"}, "INGEST_BUFFER_MAX_EVENTS"),
+    ({"INGEST_FLUSH_INTERVAL_SECONDS": "inf"}, "INGEST_FLUSH_INTERVAL_SECONDS"),
+    ({"INGEST_RETRY_MAX_SECONDS": "nan"}, "INGEST_RETRY_MAX_SECONDS"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ConfigError, match=message):
