@@ -68,10 +68,11 @@ class Buffer:
     def add(self, rows: Sequence[Row], lsn: int | None = None, *, reserved: bool = False,
             bounded: bool = True) -> None:
         """Queue rows, all or none: raises BufferFull unless their room was reserved (or, for replay, unbounded)."""
+        if bounded and not reserved:
+            self.reserve(len(rows))
+            reserved = True
         if reserved:
             self._reserved -= len(rows)
-        elif bounded and len(self) + self._reserved + len(rows) > self.max_events:
-            raise BufferFull(f"buffer holds {len(self) + self._reserved} of {self.max_events} events")
         if rows and not self._waiting:
             self._oldest_at = self._clock()
         self._waiting.extend(rows)
