@@ -7,7 +7,7 @@ import re
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -69,6 +69,7 @@ class Sink:
         self.embedded = url.startswith("chdb://")
         self._client: Client | None = None
         self._lock = threading.Lock()
+        self._reachable = False
 
     def _connect(self) -> Client:
         if self._client is None:
@@ -118,28 +119,32 @@ class Sink:
             ctx.settings["insert_deduplication_token"] = token
             try:
                 client.insert(context=ctx)
+                self._reachable = True
             except Exception:
                 # A failed call may leave the HTTP session in doubt; start clean next time.
                 if not self.embedded:
                     self._drop_client()
                 raise
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
-        """Run a read query; rows as tuples."""
-        with self._lock:
-            return self._connect().query(sql, parameters=parameters).result_rows
+    def ping(self, wait: float = 1.0) -> bool:
+        """True if ClickHouse answers a trivial query.
 
-    def ping(self) -> bool:
-        """True if ClickHouse answers a trivial query."""
-        with self._lock:
-            try:
-                self._connect().command("SELECT 1")
-                return True
-            except Exception as exc:  # noqa: BLE001 - the answer is False, the reason goes to the log
-                log.warning("ClickHouse ping failed: %s", exc)
-                if not self.embedded:
-                    self._drop_client()
-                return False
+        While a long insert holds the client, its last outcome stands in: /health must answer within a
+        healthcheck's timeout, not queue behind the insert.
+        """
+        if not self._lock.acquire(timeout=wait):
+            return self._reachable
+        try:
+            self._connect().command("SELECT 1")
+            self._reachable = True
+        except Exception as exc:  # noqa: BLE001 - the answer is False, the reason goes to the log
+            log.warning("ClickHouse ping failed: %s", exc)
+            if not self.embedded:
+                self._drop_client()
+            self._reachable = False
+        finally:
+            self._lock.release()
+        return self._reachable
 
     def _drop_client(self) -> None:
         if self._client is not None:
