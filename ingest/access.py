@@ -81,13 +81,18 @@ class RedactingAccessLogger(AccessLogger):
         super().log(request, response, time)
 
 
-def _refuse(status: int, code: str, message: str, request: web.Request,
-            headers: dict[str, str] | None = None) -> web.Response:
+def refuse(status: int, code: str, message: str, request: web.Request,
+           headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error answer to a request whose body may be unread (then the connection closes after it)."""
     response = web.Response(body=orjson.dumps({"error": code, "message": message}), status=status,
                             content_type="application/json", headers=headers)
     if not request.content.at_eof():
         response.force_close()  # the body stays unread: this connection cannot carry another request
     return response
+
+
+def _refuse_origin(request: web.Request) -> web.Response:
+    return refuse(403, "origin_not_allowed", "this origin may not send events (INGEST_CORS_ORIGINS)", request)
 
 
 def _is_event_post(request: web.Request) -> bool:
@@ -104,8 +109,7 @@ def middlewares(settings: Settings) -> list:
         if origin is not None and not origins.allows(origin) and _is_event_post(request):
             # A simple request (sendBeacon, text/plain) skips the preflight; refuse it here so nothing
             # from a site that is not on the list is stored, whatever the browser then shows the page.
-            response = _refuse(403, "origin_not_allowed", "this origin may not send events (INGEST_CORS_ORIGINS)",
-                               request)
+            response = _refuse_origin(request)
         else:
             response = await handler(request)
         response.headers.update(origins.headers(origin))
@@ -119,9 +123,9 @@ def middlewares(settings: Settings) -> list:
             if not keys.accepts(presented):
                 # Neither the presented key nor any known key goes into the answer or the log.
                 if presented is None:
-                    return _refuse(401, "unauthorized", "a write key is required: Authorization: Bearer <key>, "
+                    return refuse(401, "unauthorized", "a write key is required: Authorization: Bearer <key>, "
                                    "or ?key=<key> for sendBeacon", request, {"WWW-Authenticate": 'Bearer realm="ingest"'})
-                return _refuse(401, "unauthorized", "the write key is not valid", request,
+                return refuse(401, "unauthorized", "the write key is not valid", request,
                                {"WWW-Authenticate": 'Bearer realm="ingest", error="invalid_token"'})
         return await handler(request)
 
@@ -136,7 +140,7 @@ def preflight_handler(settings: Settings):
     async def preflight(request: web.Request) -> web.Response:
         origin = request.headers.get("Origin")
         if origins.enabled and origin is not None and not origins.allows(origin):
-            return _refuse(403, "origin_not_allowed", "this origin may not send events (INGEST_CORS_ORIGINS)", request)
+            return _refuse_origin(request)
         headers = {"Allow": "OPTIONS, POST"}
         if origins.enabled and origin is not None:
             headers.update({"Access-Control-Allow-Methods": "POST",

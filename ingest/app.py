@@ -112,11 +112,7 @@ async def post_events(request: web.Request) -> web.Response:
     try:
         events = _parse_events(await _read_body(request, app[SETTINGS].max_body_bytes))
     except RequestError as exc:
-        response = _error(exc.status, exc.code, exc.message)
-        if not request.content.at_eof():
-            # The rest of the body is unread (or undecodable): this connection cannot carry another request.
-            response.force_close()
-        return response
+        return access.refuse(exc.status, exc.code, exc.message, request)
     validator, metrics = app[VALIDATOR], app[METRICS]
     rows, rejected = validator.judge(events)
     if not rows:
