@@ -169,7 +169,6 @@ async def get_health(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     pipeline = request.app[PIPELINE]
-    metrics.buffer_events.set(len(pipeline.buffer))
     if pipeline.wal is not None:
         metrics.wal_bytes.set(await asyncio.to_thread(pipeline.wal.disk_bytes))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -50,6 +50,7 @@ class Pipeline:
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task | None = None
         metrics.buffer_capacity.set(buffer.max_events)
+        metrics.buffer_events.set_function(lambda: len(buffer))  # read at scrape time, never stale
 
     # -- accepting -----------------------------------------------------------------------------
     def recover(self) -> int:
@@ -65,7 +66,6 @@ class Pipeline:
             records = [r for r in records if r[0] > last]
         for lsn, rows in records:
             self.buffer.add(rows, lsn, bounded=False)  # already acknowledged: never refuse them now
-        self.metrics.buffer_events.set(len(self.buffer))
         return len(self.buffer)
 
     async def accept(self, rows: Sequence[Row]) -> None:
@@ -84,7 +84,6 @@ class Pipeline:
 
     def _durable(self, rows: Sequence[Row], lsn: int | None) -> None:
         self.buffer.add(rows, lsn, reserved=True)
-        self.metrics.buffer_events.set(len(self.buffer))
         self._wake.set()
 
     # -- delivering ----------------------------------------------------------------------------
@@ -148,7 +147,6 @@ class Pipeline:
         self.metrics.events_dead_lettered.inc(refused)
         self.metrics.last_flush_success.set(now)
         self.metrics.storage_up.set(1)
-        self.metrics.buffer_events.set(len(self.buffer))
         self.state.last_success_at = now
         self.state.last_success_rows = stored
         self.state.last_error = None
