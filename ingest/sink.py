@@ -7,7 +7,7 @@ import re
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -63,20 +63,33 @@ class Sink:
     the one client to one call at a time.
     """
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, *, create_schema: bool | None = None,
+                 chdb_options: Mapping[str, str] | None = None) -> None:
         self.url = url
         self.database = database
         self.embedded = url.startswith("chdb://")
+        # The embedded engine is ours to set up; on a server the init script creates the schema (and the
+        # ingest user may not run DDL). Tests that play a server on the embedded engine say False.
+        self.create_schema = self.embedded if create_schema is None else create_schema
+        # Options for the embedded engine (e.g. a server-style config-file with the stack's users).
+        self.chdb_options = dict(chdb_options or {})
         self._client: Client | None = None
         self._lock = threading.Lock()
         self._reachable = False
+
+    def _client_for(self, database: str | None) -> Client:
+        kwargs: dict[str, Any] = {"dsn": self.url, "database": database}
+        if self.chdb_options:
+            kwargs["chdb_options"] = self.chdb_options
+        return clickhouse_connect.get_client(**kwargs)
 
     def _connect(self) -> Client:
         if self._client is None:
             if self.embedded:
                 Path(self.url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+            if self.create_schema:
                 self.apply_schema()
-            self._client = clickhouse_connect.get_client(dsn=self.url, database=self.database)
+            self._client = self._client_for(self.database)
             self._insert_context = self._client.create_insert_context(
                 TABLE, column_names=list(COLUMNS), column_type_names=list(COLUMN_TYPES), column_oriented=True,
                 # A retried batch (same token) must be dropped by the rollups the views feed, not only by
@@ -86,12 +99,12 @@ class Sink:
 
     def apply_schema(self) -> None:
         """Create the database and run the init DDL; idempotent (IF NOT EXISTS everywhere)."""
-        admin = clickhouse_connect.get_client(dsn=self.url)
+        admin = self._client_for(None)
         try:
             admin.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         finally:
             admin.close()
-        ddl = clickhouse_connect.get_client(dsn=self.url, database=self.database)
+        ddl = self._client_for(self.database)
         try:
             for name, text in ddl_files():
                 for statement in statements(text):

@@ -8,6 +8,10 @@
 -- ~1,000 keys with precision 14 (~250 with 12), then HyperLogLog with 2^precision cells (14: ~0.8% error, 12 KiB;
 -- 12: ~1.6%, 3 KiB). Exact uniqExact states would be far larger and slower to merge (see DESIGN).
 -- The dashboard adds the raw rows of a range's partial first and last minute, so its answers equal the raw table's.
+-- Every view runs as the user who created it (DEFINER = CURRENT_USER SQL SECURITY DEFINER): on a server that is
+-- `admin`, which runs this file (00_schema.sh), so an insert by `ingest`, which may only INSERT into events, still
+-- fills the rollups. Without it ClickHouse 26.8 runs a view as the inserting user and refuses every insert by
+-- `ingest` (it may not read events). tests/test_server_roles.py runs the stack's users on the real engine.
 
 -- Events per clock minute [m, m + 60 s) and event name: error rate, signup funnel and alert.
 CREATE TABLE IF NOT EXISTS events_per_minute
@@ -24,7 +28,8 @@ TTL toDate(minute) + INTERVAL 90 DAY
 -- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS events_per_minute_mv TO events_per_minute AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS events_per_minute_mv TO events_per_minute
+    DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT toStartOfMinute(timestamp) AS minute, event_name, count() AS events
 FROM events
 GROUP BY minute, event_name;
@@ -47,7 +52,8 @@ TTL toDate(window_end) + INTERVAL 90 DAY
 -- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS active_sessions_5m_mv TO active_sessions_5m AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS active_sessions_5m_mv TO active_sessions_5m
+    DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT window_end, uniqCombinedState(12)(session_id) AS sessions
 FROM events
 -- The first minute boundary at or after the event (an event exactly on a boundary ends its own window).
@@ -71,7 +77,8 @@ TTL toDate(minute) + INTERVAL 90 DAY
 -- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_minute_mv TO feature_users_per_minute AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_minute_mv TO feature_users_per_minute
+    DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT toStartOfMinute(timestamp) AS minute,
        JSONExtractString(properties, 'feature') AS feature,
        uniqCombinedState(14)(isNull(user_id), ifNull(user_id, session_id)) AS users
@@ -95,7 +102,8 @@ TTL toDate(hour) + INTERVAL 90 DAY
 -- drop the repeat too, as events does (with deduplicate_blocks_in_dependent_materialized_views).
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_hour_mv TO feature_users_per_hour AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS feature_users_per_hour_mv TO feature_users_per_hour
+    DEFINER = CURRENT_USER SQL SECURITY DEFINER AS
 SELECT toStartOfHour(timestamp) AS hour,
        JSONExtractString(properties, 'feature') AS feature,
        uniqCombinedState(14)(isNull(user_id), ifNull(user_id, session_id)) AS users

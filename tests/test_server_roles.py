@@ -1,0 +1,198 @@
+"""The stack's ClickHouse users (admin, ingest, grafana) doing their real work on the real engine.
+
+Each role runs in its own process over one data directory, with clickhouse/users.d and the compose environment
+loaded by ClickHouse itself (tests/server_users.py, which also lists what this cannot prove). In order: admin
+applies the schema as the image's first boot runs clickhouse/init/00_schema.sh; ingest inserts events as the
+service does; grafana runs every panel query and the alert query of the provisioned files.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import yaml
+
+from ingest.macros import QueryRange, expand
+from ingest.panels import load_dashboard, panel_queries
+
+from . import test_panel_truth as truth
+from .server_users import ServerUsers, definer
+from .stack import ROOT, init_table_names
+from .support import iso
+
+pytestmark = pytest.mark.slow
+DB = "analytics"
+VIEWS_SQL = f"SELECT name, create_table_query FROM system.tables WHERE database = '{DB}' AND engine = 'MaterializedView'"
+ROLLUPS = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour")
+
+
+def as_event(row: tuple) -> dict:
+    """A build_events() row as a client would send it."""
+    name, at, session, user, device, country, props = row
+    return {"event_name": name, "timestamp": iso(at), "session_id": session, "user_id": user,
+            "device_type": device, "country_code": country, "properties": json.loads(props)}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A data directory initialised by admin, with an unrelated database beside the analytics one."""
+    users = ServerUsers(tmp_path_factory.mktemp("server-users"), DB)
+    outcomes = users.run_init_as_admin()
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    outcomes = users.run("admin", [("command", None, "CREATE DATABASE other"),
+                                   ("command", None, "CREATE TABLE other.t (x UInt8) ENGINE = MergeTree ORDER BY x")])
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    return users
+
+
+@pytest.fixture(scope="module")
+def ingested(stack):
+    """The panel-truth events, inserted by the ingest role as the service inserts them."""
+    events = truth.build_events()
+    outcomes = stack.run("ingest", [("ingest", [as_event(e) for e in events[i:i + 500]], f"test-batch-{i}")
+                                    for i in range(0, len(events), 500)])
+    return events, outcomes
+
+
+# --- admin ---------------------------------------------------------------------------------------------------------
+
+def test_admin_creates_every_table_and_view_of_the_init_sql(stack):
+    (tables,) = stack.run("admin", [("query", None, f"SELECT name FROM system.tables WHERE database = '{DB}'", None)])
+    names = {r[0] for r in tables.rows}
+    assert set(init_table_names()) <= names
+    assert {f"{r}_mv" for r in ROLLUPS} <= names
+
+
+def test_every_view_runs_as_admin_its_definer(stack):
+    """On a server the init script's user (admin) is every view's definer; a view without one runs as the
+    inserting user, and ClickHouse 26.8 then refuses every insert by ingest."""
+    (views,) = stack.run("admin", [("query", None, VIEWS_SQL, None)])
+    assert len(views.rows) == len(ROLLUPS)
+    for name, create in views.rows:
+        assert definer(create) == (stack.env["CLICKHOUSE_USER"], "DEFINER"), name
+
+
+# --- ingest --------------------------------------------------------------------------------------------------------
+
+def test_ingest_stores_events_and_fills_every_rollup(stack, ingested):
+    events, outcomes = ingested
+    assert all(o.ok for o in outcomes), outcomes[0].error
+    assert sum(o.rows[0][0] for o in outcomes) == len(events)
+    checks = stack.run("grafana", [
+        ("query", DB, "SELECT count() FROM events", None),
+        ("query", DB, "SELECT sum(events) FROM events_per_minute", None),
+        *[("query", DB, f"SELECT count() FROM {r}", None) for r in ROLLUPS]])
+    assert all(c.ok for c in checks), [c.error for c in checks if not c.ok]
+    assert checks[0].rows == [(len(events),)]
+    assert checks[1].rows == [(len(events),)]
+    for rollup, check in zip(ROLLUPS, checks[2:]):
+        assert check.rows[0][0] > 0, f"{rollup} is empty"
+
+
+def test_ingest_health_check_answers(stack):
+    (ping,) = stack.run("ingest", [("ping",)])
+    assert ping.ok and ping.rows == [(True,)]
+
+
+INGEST_MAY_NOT = [
+    f"SELECT count() FROM {DB}.events",
+    f"SELECT count() FROM {DB}.events_per_minute",
+    "SELECT count() FROM other.t",
+    f"CREATE TABLE {DB}.extra (x UInt8) ENGINE = MergeTree ORDER BY x",
+    f"DROP TABLE {DB}.events",
+    f"TRUNCATE TABLE {DB}.events",
+    f"ALTER TABLE {DB}.events DELETE WHERE 1",
+    f"INSERT INTO {DB}.events_per_minute VALUES (now(), 'page_view', 1)",
+    "INSERT INTO other.t VALUES (1)",
+    "CREATE DATABASE more",
+    "SELECT name FROM system.users",
+]
+
+
+def test_ingest_may_do_nothing_but_insert_events(stack):
+    outcomes = stack.run("ingest", [("command", None, sql) for sql in INGEST_MAY_NOT])
+    allowed = {sql: o for sql, o in zip(INGEST_MAY_NOT, outcomes) if not o.refused()}
+    assert not allowed
+
+
+# --- grafana -------------------------------------------------------------------------------------------------------
+
+def test_grafana_panels_show_what_ingest_stored(stack, ingested):
+    events, _ = ingested
+    panels = panel_queries(load_dashboard())
+    outcomes = stack.run("grafana", [("query", DB, expand(p.raw_sql, QueryRange(truth.F, truth.T)), None)
+                                     for p in panels])
+    got = {p.title: o for p, o in zip(panels, outcomes)}
+    assert all(o.ok for o in outcomes), {t: o.error for t, o in got.items() if not o.ok}
+    assert [(truth.utc(t), v) for t, v in got["Active users"].rows] == truth.expected_active(events)
+    assert [(truth.utc(t), s, c) for t, s, c, _ in got["Signup funnel"].rows] == \
+        [r[:3] for r in truth.expected_funnel(events)]
+    assert got["Top features"].rows == truth.expected_top(events)
+    rates = [(truth.utc(t), v) for t, v in got["Error rate"].rows]
+    expected = truth.expected_error_rate(events)
+    assert [t for t, _ in rates] == [t for t, _ in expected]
+    assert all((g is None) == (w is None) and (w is None or g == pytest.approx(w))
+               for (_, g), (_, w) in zip(rates, expected))
+
+
+def test_grafana_runs_the_alert_query(stack, ingested):
+    events, _ = ingested
+    rule = yaml.safe_load((ROOT / "grafana" / "provisioning" / "alerting" / "error-rate.yaml").read_text())
+    (query,) = [d for d in rule["groups"][0]["rules"][0]["data"] if d["refId"] == "A"]
+    window = timedelta(seconds=query["relativeTimeRange"]["from"])
+    end = truth.T
+    (outcome,) = stack.run("grafana", [("query", DB, expand(query["model"]["rawSql"], QueryRange(end - window, end)),
+                                        None)])
+    assert outcome.ok, outcome.error
+    in_window = [e for e in events if end - window <= e[1] <= end]
+    assert outcome.rows[0][1] == pytest.approx(100 * sum(e[0] == "error_occurred" for e in in_window) / len(in_window))
+
+
+GRAFANA_MAY_NOT = [
+    (f"INSERT INTO {DB}.events (event_name, timestamp, session_id, device_type, country_code, properties) "
+     "VALUES ('page_view', now64(), 's', 'desktop', 'DE', '{}')", None),
+    (f"CREATE TABLE {DB}.extra (x UInt8) ENGINE = MergeTree ORDER BY x", None),
+    (f"DROP TABLE {DB}.events", None),
+    (f"TRUNCATE TABLE {DB}.events_per_minute", None),
+    ("SELECT count() FROM other.t", None),
+    ("SELECT name FROM system.users", None),
+    ("SET readonly = 0", None),
+    ("SET max_memory_usage = 1000000000000", None),
+    # As SQL: for a readonly user clickhouse-connect refuses a settings argument itself, before the server can.
+    ("SELECT 1 SETTINGS max_result_rows = 1000000000", None),
+    ("SELECT 1 SETTINGS readonly = 0", None),
+]
+
+
+def test_grafana_may_only_read(stack):
+    outcomes = stack.run("grafana", [("query", DB, sql, settings) for sql, settings in GRAFANA_MAY_NOT])
+    allowed = {f"{sql} {settings or ''}": o for (sql, settings), o in zip(GRAFANA_MAY_NOT, outcomes)
+               if not o.refused()}
+    assert not allowed
+
+
+# --- a volume initialised before the views had a definer ------------------------------------------------------------
+
+def test_a_volume_from_the_old_ddl_is_repaired_by_the_next_init(tmp_path):
+    """Views created without a definer (the DDL before 003_view_definers.sql) refuse ingest's inserts until the
+    init runs again, as it does at every start of the stack. The refused insert had already written its block to
+    events (a failing view does not undo that); the service's retry of the same batch (same token) is dropped there
+    and fills the rollups, so every count ends exact."""
+    users = ServerUsers(tmp_path, DB)
+    sql_dir = ROOT / "clickhouse" / "init" / "sql"
+    old_rollups = (sql_dir / "002_rollups.sql").read_text().replace("DEFINER = CURRENT_USER SQL SECURITY DEFINER", "")
+    old = users.run("admin", [("command", None, f"CREATE DATABASE {DB}"),
+                              ("multiquery", DB, (sql_dir / "001_events.sql").read_text()),
+                              ("multiquery", DB, old_rollups)])
+    assert all(o.ok for o in old), [o.error for o in old if not o.ok]
+    event = as_event(truth.build_events()[0])
+    (refused,) = users.run("ingest", [("ingest", [event], "old-volume")])
+    assert refused.code == 497 and "while pushing to view" in refused.error
+
+    assert all(o.ok for o in users.run_init_as_admin())
+    (stored,) = users.run("ingest", [("ingest", [event], "old-volume")])  # the service retries the same batch
+    assert stored.ok, stored.error
+    counts = users.run("grafana", [("query", DB, f"SELECT count() FROM {r}", None) for r in ("events", *ROLLUPS[:2])])
+    assert [c.rows for c in counts] == [[(1,)], [(1,)], [(5,)]]  # one event, its minute, its five 5-minute windows
