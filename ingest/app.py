@@ -21,7 +21,7 @@ from .deadletter import DeadLetterFile
 from .openapi import OPENAPI_TEXT
 from .pipeline import Pipeline, WalError
 from .schema import SCHEMA_TEXT, EventValidator
-from .sink import Sink
+from .sink import FAILURE_HINTS, Sink
 from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ async def get_health(request: web.Request) -> web.Response:
     if not reachable:
         problems.append("storage unreachable")
     if state.consecutive_failures:
-        problems.append(f"last {state.consecutive_failures} insert(s) failed")
+        problems.append(f"last {state.consecutive_failures} insert(s) failed ({state.last_error_kind}): "
+                        f"{FAILURE_HINTS[state.last_error_kind]}")
     if buffer.full:
         problems.append("buffer full")
     if state.wal_error:
@@ -158,7 +159,8 @@ async def get_health(request: web.Request) -> web.Response:
         "buffer": {"events": len(buffer), "capacity": buffer.max_events,
                    "in_flight": len(buffer.in_flight.rows) if buffer.in_flight else 0},
         "last_flush": {"at": _iso(state.last_success_at), "rows": state.last_success_rows,
-                       "error": state.last_error, "error_at": _iso(state.last_error_at),
+                       "error": state.last_error, "error_kind": state.last_error_kind,
+                       "error_at": _iso(state.last_error_at),
                        "consecutive_failures": state.consecutive_failures},
         "storage": {"reachable": reachable, "target": settings.redacted_url,
                     "database": settings.clickhouse_database},

@@ -26,6 +26,8 @@ class Batch:
     last_lsn: int | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
+    # ClickHouse refused every row tried and stored none: the next attempt takes the rows waiting behind it too.
+    held: bool = False
 
 
 class Buffer:
@@ -102,6 +104,21 @@ class Buffer:
             self._waiting = []
             self._first_lsn = self._last_lsn = None
             self._oldest_at = None
+        return self.in_flight
+
+    def absorb_waiting(self) -> Batch:
+        """Fold the rows waiting behind the batch in flight into it, as a new batch (a new token: none of the old
+        one was stored). Their log range follows on from its own, so the batch still covers one range."""
+        held = self.in_flight
+        assert held is not None
+        if not self._waiting:
+            return held
+        first = held.first_lsn if held.first_lsn is not None else self._first_lsn
+        last = self._last_lsn if self._last_lsn is not None else held.last_lsn
+        self.in_flight = Batch(held.rows + self._waiting, first, last)
+        self._waiting = []
+        self._first_lsn = self._last_lsn = None
+        self._oldest_at = None
         return self.in_flight
 
     def done(self, batch: Batch) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .sink import FAILURE_KINDS
+
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 
@@ -43,7 +45,10 @@ class Metrics:
             "ingest_flush_rows", "Rows per successful batch insert.",
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000, 100000), registry=r)
         self.flush_failures = Counter(
-            "ingest_flush_failures", "Batch inserts that failed and will be retried.", registry=r)
+            "ingest_flush_failures", "Batch inserts that failed and will be retried, by kind of failure.",
+            ["kind"], registry=r)
+        for kind in FAILURE_KINDS:  # every kind from the start, so rate() and alerts see a 0, not nothing
+            self.flush_failures.labels(kind)
         self.last_flush_success = Gauge(
             "ingest_last_flush_success_timestamp_seconds", "Unix time of the last successful batch insert.",
             registry=r)

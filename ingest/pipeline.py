@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -12,12 +13,19 @@ from .buffer import Batch, Buffer, BufferFull
 from .deadletter import DeadLetterFile
 from .metrics import Metrics
 from .schema import Row
-from .sink import Sink, is_content_error
+from .sink import FAILURE_HINTS, NEEDS_OPERATOR, Sink, error_code, failure_kind, is_content_error
 from .wal import WalError, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "BufferFull", "WalError"]
+__all__ = ["Pipeline", "BufferFull", "RowsRefused", "WalError"]
+
+
+class RowsRefused(Exception):
+    """ClickHouse refused every row tried for its content: more likely a broken table or view than bad rows.
+
+    The batch is held and retried (with the rows that arrived since), never dead-lettered on this evidence alone.
+    """
 
 
 @dataclass
@@ -27,6 +35,7 @@ class FlushState:
     last_success_at: float | None = None  # unix time
     last_success_rows: int = 0
     last_error: str | None = None
+    last_error_kind: str | None = None  # one of sink.FAILURE_KINDS
     last_error_at: float | None = None
     consecutive_failures: int = 0
     wal_error: str | None = None
@@ -49,6 +58,7 @@ class Pipeline:
         self._wake = asyncio.Event()  # set by accept() and stop()
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._cause: tuple[str, int | None] | None = None  # the failure last logged: each cause is logged once
         metrics.buffer_capacity.set(buffer.max_events)
         metrics.buffer_events.set_function(lambda: len(buffer))  # read at scrape time, never stale
 
@@ -122,6 +132,10 @@ class Pipeline:
         batch = self.buffer.take()
         if batch is None:
             return True
+        if batch.held:
+            # Every row of it was refused: try it again together with what arrived since, which tells bad rows
+            # (the newer ones go in, so the held ones are dead-lettered) from a table that takes nothing.
+            batch = self.buffer.absorb_waiting()
         batch.attempts += 1
         if batch.attempts == 1 and self.wal is not None and batch.first_lsn is not None:
             batch.token = self.wal.token(batch.first_lsn, batch.last_lsn)
@@ -129,14 +143,8 @@ class Pipeline:
         try:
             refused = await asyncio.to_thread(self._deliver, batch)
         except Exception as exc:  # noqa: BLE001 - any failure means: keep the batch, report, retry
-            self.metrics.flush_duration.observe(time.perf_counter() - started)
-            self.metrics.flush_failures.inc()
-            self.metrics.storage_up.set(0)
-            self.state.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            self.state.last_error_at = time.time()
-            self.state.consecutive_failures += 1
-            log.warning("insert of %d events failed (attempt %d): %s", len(batch.rows), batch.attempts,
-                        self.state.last_error)
+            batch.held = isinstance(exc, RowsRefused)
+            self._failed(exc, batch, time.perf_counter() - started)
             return False
         self.buffer.done(batch)
         now = time.time()
@@ -147,11 +155,36 @@ class Pipeline:
         self.metrics.events_dead_lettered.inc(refused)
         self.metrics.last_flush_success.set(now)
         self.metrics.storage_up.set(1)
+        if self._cause is not None:
+            log.info("inserts succeed again, after %d failed attempt(s)", self.state.consecutive_failures)
+            self._cause = None
         self.state.last_success_at = now
         self.state.last_success_rows = stored
         self.state.last_error = None
+        self.state.last_error_kind = None
         self.state.consecutive_failures = 0
         return True
+
+    def _failed(self, exc: Exception, batch: Batch, seconds: float) -> None:
+        """Count and report a failed insert: logged once per cause (kind and code), not once per retry."""
+        kind = "rows_refused" if isinstance(exc, RowsRefused) else failure_kind(exc)
+        code = error_code(exc.__cause__ if isinstance(exc, RowsRefused) and exc.__cause__ else exc)
+        self.metrics.flush_duration.observe(seconds)
+        self.metrics.flush_failures.labels(kind).inc()
+        self.metrics.storage_up.set(0)
+        self.state.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.state.last_error_kind = kind
+        self.state.last_error_at = time.time()
+        self.state.consecutive_failures += 1
+        if (kind, code) == self._cause:
+            log.debug("insert of %d events failed again (attempt %d): %s", len(batch.rows), batch.attempts,
+                      self.state.last_error)
+            return
+        self._cause = (kind, code)
+        # Kinds a retry cannot fix get an ERROR: the service keeps retrying, but only an operator can end it.
+        level = logging.ERROR if kind in NEEDS_OPERATOR else logging.WARNING
+        log.log(level, "insert of %d events failed (%s: %s); retrying until it succeeds. ClickHouse said: %s",
+                len(batch.rows), kind, FAILURE_HINTS[kind], self.state.last_error)
 
     def _deliver(self, batch: Batch) -> int:
         """Insert a batch (worker thread); returns how many rows were refused for their content."""
@@ -169,18 +202,41 @@ class Pipeline:
         return len(refused)
 
     def _insert_or_split(self, rows: list[Row], token: str) -> list[tuple[Row, str]]:
-        """Insert rows; if ClickHouse refuses their content, bisect to store the good ones and return the bad."""
+        """Insert rows; if ClickHouse refuses their content, bisect to store the good ones and return the bad.
+
+        Rows are dead-lettered only when others of the same batch went in: that proves the table takes data and
+        these rows are bad. If none goes in within a few tries (or at all), RowsRefused is raised instead and
+        nothing is stored, so the batch can be held and retried whole (see flush_once).
+        """
+        search = _Search(tries=math.ceil(math.log2(len(rows))) + 4)
+        try:
+            refused = self._split(rows, token, search)
+        except _NothingGoesIn:
+            refused = rows
+        if refused and search.stored == 0:
+            raise RowsRefused(f"none of {len(rows)} rows went in: {search.first_error}") from search.first_error
+        return refused
+
+    def _split(self, rows: list[Row], token: str, search: _Search) -> list[tuple[Row, str]]:
         try:
             self.sink.insert(rows, token)
+            search.stored += len(rows)
             return []
         except Exception as exc:
             if not is_content_error(exc):
                 raise
+            if search.stored == 0:
+                search.first_error = search.first_error or exc
+                search.tries -= 1
+                if search.tries < 0:
+                    raise _NothingGoesIn from exc
             if len(rows) == 1:
                 return [(rows[0], f"{type(exc).__name__}: {exc}")]
-        # Halves get tokens derived from the parent's, so a retried or replayed split deduplicates too.
+        # Halves get tokens derived from the parent's, so a retried or replayed split deduplicates too. The newer
+        # half goes first: after a held batch, the rows that arrived since are the likeliest to go in.
         mid = len(rows) // 2
-        return self._insert_or_split(rows[:mid], token + "/a") + self._insert_or_split(rows[mid:], token + "/b")
+        newer = self._split(rows[mid:], token + "/b", search)
+        return self._split(rows[:mid], token + "/a", search) + newer
 
     def _retry_delay(self) -> float:
         return min(self.retry_max_seconds, 0.25 * 2 ** min(self.state.consecutive_failures - 1, 16))
@@ -205,3 +261,16 @@ class Pipeline:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             pass
+
+
+class _NothingGoesIn(Exception):
+    """A bisection used up its tries without storing a row."""
+
+
+@dataclass
+class _Search:
+    """State of one bisection: failed tries left before anything is stored, rows stored, the first refusal."""
+
+    tries: int
+    stored: int = 0
+    first_error: Exception | None = None

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DataError
+from clickhouse_connect.driver.exceptions import DataError, OperationalError
 
 from .schema import COLUMN_TYPES, COLUMNS, Row
 
@@ -24,15 +24,74 @@ TABLE = "events"
 CONTENT_ERROR_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469})
 
 
-def is_content_error(exc: BaseException) -> bool:
-    """True if ClickHouse (or the client, while encoding) refused the data itself, not the connection."""
-    if isinstance(exc, DataError):
-        return True
+# Codes no retry can fix: the user, its grants or the schema are wrong, and an operator must act. The service still
+# retries them (so the fix needs no restart) but says so loudly, once per cause.
+OPERATOR_ERROR_KINDS = {
+    497: "access_denied",       # ACCESS_DENIED: a grant is missing (or a view runs as a user without one)
+    516: "authentication",      # AUTHENTICATION_FAILED
+    192: "authentication",      # UNKNOWN_USER
+    193: "authentication",      # WRONG_PASSWORD
+    194: "authentication",      # REQUIRED_PASSWORD
+    81: "unknown_database",     # UNKNOWN_DATABASE
+    60: "unknown_table",        # UNKNOWN_TABLE
+    16: "unknown_column",       # NO_SUCH_COLUMN_IN_TABLE: the table is older than the service
+}
+# What each kind of failure means and what to do, for the log and /health.
+FAILURE_HINTS = {
+    "access_denied": "the ClickHouse user may not do this insert: check its grants, and that the rollup views run "
+                     "as their definer (README: Grants on a server)",
+    "authentication": "ClickHouse refuses the user or password in CLICKHOUSE_URL",
+    "unknown_database": "the database does not exist: check CLICKHOUSE_DATABASE and that the init ran",
+    "unknown_table": "a table is missing: the init (clickhouse/init) has not run or failed",
+    "unknown_column": "the events table lacks a column the service writes: apply clickhouse/init/sql",
+    "rows_refused": "ClickHouse refuses every row tried for its content: the batch is held and retried, not "
+                    "dead-lettered, until rows go in; if the events table changed, fix it",
+    "view_failed": "a materialized view fails on insert: the batch is in the events table but not in the rollups "
+                   "the dashboard reads; fix or drop the view, then the same batch is retried and stored once",
+    "unreachable": "ClickHouse does not answer; inserts are retried",
+    "server": "ClickHouse failed the insert; it is retried",
+    "other": "the insert failed; it is retried",
+}
+FAILURE_KINDS = tuple(FAILURE_HINTS)
+# Failures that last until someone changes ClickHouse: logged as errors (the others are usually transient).
+NEEDS_OPERATOR = frozenset({*OPERATOR_ERROR_KINDS.values(), "rows_refused", "view_failed"})
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code an exception carries (attribute or message), if any."""
     code = getattr(exc, "code", None)
-    if code is None:
-        match = re.search(r"Code: (\d+)", str(exc))
-        code = int(match.group(1)) if match else None
-    return code in CONTENT_ERROR_CODES
+    if isinstance(code, int):
+        return code
+    match = re.search(r"Code: (\d+)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def in_view(exc: BaseException) -> bool:
+    """True if the insert failed in a materialized view, after the events table had taken the block."""
+    return "while pushing to view" in str(exc)
+
+
+def is_content_error(exc: BaseException) -> bool:
+    """True if ClickHouse (or the client, while encoding) refused the data itself, not the connection.
+
+    Not when a view failed: events already holds that block, so only a retry with the same token (which events
+    drops and the views take) stores it exactly once; a split into parts with new tokens would store it again.
+    """
+    return isinstance(exc, DataError) or (error_code(exc) in CONTENT_ERROR_CODES and not in_view(exc))
+
+
+def failure_kind(exc: BaseException) -> str:
+    """Which of FAILURE_KINDS a failed insert is (content refusals are judged by the pipeline, not here)."""
+    code = error_code(exc)
+    if code in OPERATOR_ERROR_KINDS:
+        return OPERATOR_ERROR_KINDS[code]
+    if in_view(exc):
+        return "view_failed"
+    if code is not None:
+        return "server"
+    if isinstance(exc, (OperationalError, OSError, TimeoutError)):
+        return "unreachable"
+    return "other"
 
 
 def ddl_files() -> list[tuple[str, str]]:

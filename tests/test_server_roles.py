@@ -16,6 +16,7 @@ import yaml
 
 from ingest.macros import QueryRange, expand
 from ingest.panels import load_dashboard, panel_queries
+from ingest.sink import failure_kind
 
 from . import test_panel_truth as truth
 from .server_users import ServerUsers, definer
@@ -190,6 +191,8 @@ def test_a_volume_from_the_old_ddl_is_repaired_by_the_next_init(tmp_path):
     event = as_event(truth.build_events()[0])
     (refused,) = users.run("ingest", [("ingest", [event], "old-volume")])
     assert refused.code == 497 and "while pushing to view" in refused.error
+    # The service reads this as a fault only an operator can fix (logged as an error, named in /health).
+    assert failure_kind(Exception(refused.error)) == "access_denied"
 
     assert all(o.ok for o in users.run_init_as_admin())
     (stored,) = users.run("ingest", [("ingest", [event], "old-volume")])  # the service retries the same batch
