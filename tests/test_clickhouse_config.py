@@ -4,6 +4,8 @@ against the compose file, the init SQL and, where an engine is needed, the embed
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -191,6 +193,48 @@ def test_logs_are_bounded():
     assert root.findtext("logger/size") and root.findtext("logger/count")
     kept = [e for e in root if e.tag.endswith("_log") and e.get("remove") is None]
     assert kept and all(e.findtext("ttl") for e in kept), "every system log kept has a TTL"
+
+
+_CREATING = re.compile(r"SystemLog: (Not creating|Creating) system\.(\w+)")
+_DEBUG_LOGGER = "<clickhouse><logger><level>debug</level><console>1</console></logger></clickhouse>"
+
+
+def system_logs(tmp_path: Path, base: str, config_d: list[Path]) -> dict[str, bool]:
+    """{system log: created?} as the real engine decides at start-up, for a main config (its sections inside
+    <clickhouse>) with these config.d files merged over it, in a fresh process (read from its debug log)."""
+    directory = tmp_path / f"config-{uuid.uuid4().hex[:8]}"
+    (directory / "config.d").mkdir(parents=True)
+    (directory / "config.xml").write_text(f"<clickhouse>{base}</clickhouse>")
+    for path in config_d:
+        (directory / "config.d" / path.name).write_text(path.read_text())
+    (directory / "config.d" / "zz-debug.xml").write_text(_DEBUG_LOGGER)  # after ours: the decisions are logged
+    code = (f"import chdb; chdb.connect({str(directory / 'data') + '?config-file=' + str(directory / 'config.xml')!r})"
+            ".query('SELECT 1')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {m[2]: m[1] == "Creating" for m in _CREATING.finditer(result.stdout + result.stderr)}
+
+
+def _section(name: str) -> str:
+    return (f"<{name}><database>system</database><table>{name}</table>"
+            f"<flush_interval_milliseconds>200</flush_interval_milliseconds></{name}>")
+
+
+def test_every_system_log_the_engine_knows_is_removed_or_expires(tmp_path):
+    """The server's config.xml switches most system logs on; here every log the real engine knows is switched on,
+    logs.xml is merged over it as the server merges config.d, and the engine says which it creates."""
+    known = system_logs(tmp_path, _section("query_log"), [])
+    assert {"query_log", "part_log", "trace_log", "error_log", "query_views_log"} <= set(known), known
+    created = system_logs(tmp_path, "".join(_section(n) for n in known), [CONFIG_D / "logs.xml"])
+    assert set(created) == set(known)
+    root = ET.parse(CONFIG_D / "logs.xml").getroot()
+    unbounded = [n for n, made in created.items() if made and not root.findtext(f"{n}/ttl")]
+    assert not unbounded, f"system logs created without a TTL: {unbounded}"
+    # Removing a section the main config does not have (a log of another version) adds nothing back.
+    removed = {e.tag for e in root if e.get("remove") is not None}
+    without = system_logs(tmp_path, "".join(_section(n) for n in known if n not in removed), [CONFIG_D / "logs.xml"])
+    assert not [n for n in removed if without.get(n)]
 
 
 def test_system_log_ttls_are_valid_expressions(engine):

@@ -9,6 +9,8 @@ service does; grafana runs every panel query and the alert query of the provisio
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -20,7 +22,7 @@ from ingest.sink import failure_kind
 
 from . import test_panel_truth as truth
 from .server_users import ServerUsers, definer
-from .stack import ROOT, init_table_names
+from .stack import ROOT, compose, environment, init_table_names, interpolate, stack_env
 from .support import iso
 
 pytestmark = pytest.mark.slow
@@ -199,3 +201,67 @@ def test_a_volume_from_the_old_ddl_is_repaired_by_the_next_init(tmp_path):
     assert stored.ok, stored.error
     counts = users.run("grafana", [("query", DB, f"SELECT count() FROM {r}", None) for r in ("events", *ROLLUPS[:2])])
     assert [c.rows for c in counts] == [[(1,)], [(1,)], [(5,)]]  # one event, its minute, its five 5-minute windows
+
+
+# --- the init at every start, and what "healthy" means --------------------------------------------------------------
+
+def test_the_init_can_run_at_every_start(tmp_path):
+    """compose sets CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS: the second run must succeed and change nothing."""
+    users = ServerUsers(tmp_path, DB)
+    assert all(o.ok for o in users.run_init_as_admin())
+    (before,) = users.run("admin", [("query", None, f"SELECT name, create_table_query FROM system.tables "
+                                                    f"WHERE database = '{DB}' ORDER BY name", None)])
+    again = users.run_init_as_admin()
+    assert all(o.ok for o in again), [o.error for o in again if not o.ok]
+    (after,) = users.run("admin", [("query", None, f"SELECT name, create_table_query FROM system.tables "
+                                                   f"WHERE database = '{DB}' ORDER BY name", None)])
+    assert after.rows == before.rows
+
+
+FAKE_CLIENT = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["RECORD"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if os.environ["ANSWER"] == "error":
+    sys.exit("Code: 81. DB::Exception: Database analytics does not exist. (UNKNOWN_DATABASE)")
+print(os.environ["ANSWER"])
+"""
+
+
+def test_clickhouse_is_healthy_only_when_the_real_server_has_the_events_table(tmp_path):
+    """Compose's healthcheck, run as Docker runs CMD-SHELL, against a stand-in client; what it asks is then
+    asked of the real engine before and after the init."""
+    (kind, command), = [services_healthcheck()]
+    assert kind == "CMD-SHELL"
+    env = environment("clickhouse", stack_env())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "clickhouse").write_text(FAKE_CLIENT)
+    (bin_dir / "clickhouse").chmod(0o755)
+    record = tmp_path / "calls.jsonl"
+
+    def healthy(answer: str) -> bool:
+        run_env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "RECORD": str(record), "ANSWER": answer,
+                   "HOSTNAME": "3f2a9c1d7e4b"}  # Docker sets HOSTNAME to the container's name
+        return subprocess.run(["/bin/sh", "-c", command], env=run_env, capture_output=True, timeout=30).returncode == 0
+
+    assert healthy("1") and not healthy("0") and not healthy("error")
+    argv = json.loads(record.read_text().splitlines()[0])
+    option = dict(zip(argv[1::2], argv[2::2])) if argv[0] == "client" else {}
+    # The container's own address, never loopback: the init's temporary server listens on 127.0.0.1 only.
+    assert option["--host"] == "3f2a9c1d7e4b"
+    assert (option["--user"], option["--password"]) == (env["CLICKHOUSE_USER"], env["CLICKHOUSE_ADMIN_PASSWORD"])
+    assert option["--database"] == env["CLICKHOUSE_DB"]
+
+    users = ServerUsers(tmp_path / "engine", env["CLICKHOUSE_DB"])
+    (before,) = users.run("admin", [("query", option["--database"], option["--query"], None)])
+    assert not before.ok and before.code == 81  # no database yet: the client fails, so not healthy
+    assert all(o.ok for o in users.run_init_as_admin())
+    (after,) = users.run("admin", [("query", option["--database"], option["--query"], None)])
+    assert after.rows == [(1,)]
+
+
+def services_healthcheck() -> tuple[str, str]:
+    """The ClickHouse healthcheck's test, as compose hands it to Docker ($$ is a literal $)."""
+    test = compose()["services"]["clickhouse"]["healthcheck"]["test"]
+    return test[0], interpolate(test[1], {})
