@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
+import socket
 import sys
 
 from .config import ConfigError, Settings
+from .errors import StartupError
 
 
 def tune_gc() -> None:
@@ -20,17 +23,38 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def listen(settings: Settings) -> socket.socket:
+    """The service's listening socket, bound before anything else starts (so a busy port fails first)."""
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"INGEST_HOST {settings.host!r}: not an address this machine has ({exc.strerror})") \
+            from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        hint = " (another service? set INGEST_PORT)" if exc.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
+    return sock
+
+
 def serve(settings: Settings) -> None:
     """Run the HTTP service until SIGINT/SIGTERM; shutdown flushes the buffer before exit."""
     from aiohttp import web
 
     from .app import create_app
 
+    sock = listen(settings)
     app = create_app(settings)
     tune_gc()
     # run_app turns SIGINT and SIGTERM into a graceful shutdown that runs the cleanup contexts.
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                shutdown_timeout=5, print=lambda msg: logging.getLogger("ingest").info(msg.strip()))
+    web.run_app(app, sock=sock, access_log=None, shutdown_timeout=5,
+                print=lambda msg: logging.getLogger("ingest").info(msg.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"ingest: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        serve(settings)
+        try:
+            serve(settings)
+        except StartupError as exc:
+            print(f"ingest: {exc}", file=sys.stderr)
+            return 1
     elif args.command == "panels":
         from . import panels as panels_command
 

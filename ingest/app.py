@@ -205,13 +205,22 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open storage, start the flusher; on shutdown stop it and flush what is buffered."""
     settings = app[SETTINGS]
-    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
-    await asyncio.to_thread(sink.open)
+    dead_letters = DeadLetterFile(settings.dead_letter_path)
+    dead_letters.check_writable()  # now, not when the first refused row arrives
     buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
-    wal = WriteAheadLog(settings.wal_dir) if settings.durability == "wal" else None
-    pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=DeadLetterFile(settings.dead_letter_path),
+    wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner) if settings.durability == "wal" else None
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
+    pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters,
                         retry_max_seconds=settings.retry_max_seconds)
+    # The log first: it is locked for this process, and says whether it belongs to this storage, before
+    # anything is opened or replayed.
     replayed = await asyncio.to_thread(pipeline.recover)
+    try:
+        await asyncio.to_thread(sink.open)
+    except BaseException:
+        if wal is not None:
+            wal.close()
+        raise
     if replayed:
         log.info("recovered %d acknowledged events from the write-ahead log", replayed)
     app[PIPELINE] = pipeline

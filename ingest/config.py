@@ -14,6 +14,7 @@ class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _WRITE_KEY = re.compile(r"^[!-~]+$")  # sent in a header or a query string: printable ASCII, no spaces
 _ORIGIN = re.compile(r"^(\*|null|[a-z][a-z0-9+.-]*://[^/?#\s]+)$", re.I)  # scheme://host[:port], no path
@@ -65,6 +66,8 @@ class Settings:
             raise ConfigError(f"INGEST_DURABILITY must be wal or memory, got {self.durability!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"INGEST_PORT must be a TCP port, got {self.port}")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"INGEST_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level[:40]!r}")
         if not all(_WRITE_KEY.match(k) for k in self.write_keys):
             # The value is a secret: say what is wrong, never echo it.
             raise ConfigError("INGEST_WRITE_KEYS: each key must be printable ASCII without spaces or commas")
@@ -92,6 +95,17 @@ class Settings:
     def redacted_url(self) -> str:
         """The storage URL with any password hidden, for logs and /health."""
         return _redact(self.clickhouse_url)
+
+    @property
+    def storage_owner(self) -> str:
+        """Which storage and database the events go to, without credentials: a write-ahead log belongs to it."""
+        scheme, _, rest = self.clickhouse_url.partition("://")
+        if scheme == "chdb":
+            where = "chdb://" + os.path.realpath(rest)
+        else:
+            netloc = rest.split("/", 1)[0].rpartition("@")[2].lower()
+            where = f"{scheme}://{netloc}"
+        return f"{where} database {self.clickhouse_database}"
 
 
 _ENV = {

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import orjson
 
+from .errors import StartupError, path_problem
 from .schema import COLUMNS, Row
 
 
@@ -19,6 +20,15 @@ class DeadLetterFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+
+    def check_writable(self) -> None:
+        """Raise StartupError now if refused rows could not be written here later."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"INGEST_DEAD_LETTER_PATH {self.path}: {path_problem(self.path, exc)}") from None
 
     def write(self, refused: Sequence[tuple[Row, str]]) -> None:
         """Persist refused rows (fsynced: they are no longer anywhere else once the log moves on)."""

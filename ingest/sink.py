@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import threading
 from importlib import resources
@@ -13,6 +15,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError, OperationalError
 
+from .errors import StartupError, path_problem
 from .schema import COLUMN_TYPES, COLUMNS, Row
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,36 @@ def failure_kind(exc: BaseException) -> str:
     return "other"
 
 
+def embedded_failure(path: Path, exc: BaseException) -> str:
+    """Why the embedded engine at path did not open, and what to do, in one line."""
+    if isinstance(exc, OSError) and not (path.is_dir() and os.access(path, os.W_OK)):
+        return f"CLICKHOUSE_URL: cannot use {path} as the embedded ClickHouse data directory: {path_problem(path, exc)}"
+    holder = _status_holder(path)
+    if holder is not None:
+        return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): one process "
+                "can open it at a time; stop that one first, or point CLICKHOUSE_URL at another directory")
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot open the embedded ClickHouse in {path}: {first_line[:300]}"
+
+
+def _status_holder(path: Path) -> str | None:
+    """The pid of the process whose engine holds path (ClickHouse flocks its `status` file), else None."""
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        match = re.search(rb"PID: (\d+)", os.read(fd, 4096))
+        return match.group(1).decode() if match else "?"
+    finally:
+        os.close(fd)
+
+
 def ddl_files() -> list[tuple[str, str]]:
     """The numbered init DDL (name, text): from the installed package, or from the source checkout."""
     packaged = resources.files(__package__).joinpath("ddl")
@@ -173,13 +206,16 @@ class Sink:
             ddl.close()
 
     def open(self) -> None:
-        """Connect now if possible; a server that is down is retried on the next call."""
+        """Connect now if possible; a server that is down is retried on the next call.
+
+        The embedded engine must open now: StartupError says why it cannot, in one line.
+        """
         with self._lock:
             try:
                 self._connect()
             except Exception as exc:  # noqa: BLE001 - reported, and retried by the flusher
                 if self.embedded:
-                    raise
+                    raise StartupError(embedded_failure(Path(self.url.removeprefix("chdb://")), exc)) from exc
                 log.warning("ClickHouse not reachable yet: %s", exc)
 
     def insert(self, rows: list[Row], token: str) -> None:

@@ -10,6 +10,8 @@ token (the server then drops the repeat).
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import struct
@@ -22,6 +24,7 @@ from typing import Callable, Sequence
 
 import orjson
 
+from .errors import StartupError, path_problem
 from .schema import Row
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,14 @@ _SUFFIX = ".wal"
 
 class WalError(OSError):
     """The log could not be written: acceptance must stop until the disk recovers."""
+
+
+class WalInUse(StartupError):
+    """Another process holds the log directory: two services must never share one log."""
+
+
+class WalOwnerMismatch(StartupError):
+    """The log holds undelivered events for another storage or database than this process writes to."""
 
 
 @dataclass
@@ -73,10 +84,14 @@ def _fsync_dir(path: Path) -> None:
 class WriteAheadLog:
     """Segments of length-prefixed, checksummed records plus a progress file, in one directory."""
 
-    def __init__(self, directory: str | Path, segment_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, directory: str | Path, segment_bytes: int = 16 * 1024 * 1024, owner: str = "") -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
+        # Where this log's events go (storage and database): a log is replayed only into what it was written for.
+        self.owner = owner
         self.wal_id = ""
+        self._lock_fd: int | None = None
+        self._writing = False  # a write is on the active segment's descriptor (commit thread)
         self.stored_lsn = 0
         self._next_lsn = 1
         self._segments: dict[Path, int] = {}  # closed segment -> its last LSN
@@ -86,12 +101,20 @@ class WriteAheadLog:
         self._pending: list[tuple[Sequence[Row], Callable[[int], None], Callable[[], None], asyncio.Future]] = []
         self._committer: asyncio.Task | None = None
         # Guards segment bookkeeping: appends (commit thread) and deletions (flush thread) meet here.
-        self._lock = threading.Lock()
+        self._segments_lock = threading.Lock()
 
     # -- startup ---------------------------------------------------------------------------------
     def recover(self) -> Recovery:
-        """Read the progress file and every segment; open a fresh segment for new records."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Lock the directory, read the progress file and every segment; open a fresh segment for new records.
+
+        Raises WalInUse if another process holds the directory, WalOwnerMismatch if the log holds undelivered
+        events for another storage or database than `owner`.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise StartupError(f"INGEST_WAL_DIR {self.directory}: {path_problem(self.directory, exc)}") from None
         progress = self._read_progress()
         self.wal_id = progress.get("wal_id") or uuid.uuid4().hex
         self.stored_lsn = progress.get("stored_lsn", 0)
@@ -111,6 +134,15 @@ class WriteAheadLog:
             last_lsn = max(last_lsn, seg_last)
             recovery.records.extend(r for r in records if r[0] > self.stored_lsn)
         self._next_lsn = last_lsn + 1
+        written_for = progress.get("owner", self.owner)  # a log from before owners were recorded: trust it
+        pending = recovery.records or (recovery.in_flight and recovery.in_flight[1] > self.stored_lsn)
+        if pending and self.owner and written_for != self.owner:
+            events = sum(len(r) for _, r in recovery.records)
+            self.close()
+            raise WalOwnerMismatch(
+                f"the write-ahead log in {self.directory} holds {events} undelivered events for {written_for}, not "
+                f"for {self.owner}: start once with the storage and database it was written for to deliver them, "
+                f"or move the directory away to start without them")
         self._write_progress(self.stored_lsn, recovery.in_flight)
         self._delete_stored_segments()
         self._open_segment()
@@ -155,18 +187,23 @@ class WriteAheadLog:
                     future.set_result(lsn)
 
     def _write(self, data: bytes, last_lsn: int) -> None:
-        if self._active_fd is None:
-            with self._lock:
-                self._open_segment()  # the last segment was abandoned after a failed write
+        with self._segments_lock:
+            if self._active_fd is None:
+                self._open_segment()  # the last one was abandoned after a failed write, or deleted once stored
+            self._writing = True
+            fd = self._active_fd
         try:
             view = memoryview(data)
             while view:  # os.write may write less than asked
-                view = view[os.write(self._active_fd, view):]
-            os.fsync(self._active_fd)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         except BaseException:
-            self._abandon_segment()
+            with self._segments_lock:
+                self._writing = False
+                self._abandon_segment()
             raise
-        with self._lock:
+        with self._segments_lock:
+            self._writing = False
             self._active_size += len(data)
             self._segments[self._active] = last_lsn
             if self._active_size >= self.segment_bytes:
@@ -214,11 +251,21 @@ class WriteAheadLog:
         return f"{self.wal_id}:{first}-{last}"
 
     def _delete_stored_segments(self) -> None:
-        with self._lock:
+        with self._segments_lock:
             for path, last in list(self._segments.items()):
                 if path != self._active and last <= self.stored_lsn:
                     path.unlink(missing_ok=True)
                     del self._segments[path]
+            if (self._active is not None and self._active_fd is not None and not self._writing
+                    and self._active_size and self._segments.get(self._active, 0) <= self.stored_lsn):
+                # Everything in the open segment is stored too: delete it rather than keep up to a whole
+                # segment on disk while the service idles; the next write opens a new one.
+                os.close(self._active_fd)
+                self._active_fd = None
+                self._active.unlink(missing_ok=True)
+                del self._segments[self._active]
+                self._active = None
+                self._active_size = 0
 
     def _read_progress(self) -> dict:
         path = self.directory / "progress.json"
@@ -228,7 +275,7 @@ class WriteAheadLog:
         path = self.directory / "progress.json"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps({"wal_id": self.wal_id, "stored_lsn": stored_lsn,
+            f.write(orjson.dumps({"wal_id": self.wal_id, "owner": self.owner, "stored_lsn": stored_lsn,
                                   "in_flight": list(in_flight) if in_flight else None}))
             f.flush()
             os.fsync(f.fileno())
@@ -237,7 +284,7 @@ class WriteAheadLog:
 
     def disk_bytes(self) -> int:
         """Size of the segments on disk."""
-        with self._lock:
+        with self._segments_lock:
             paths = list(self._segments)
         total = 0
         for path in paths:
@@ -247,7 +294,27 @@ class WriteAheadLog:
                 pass
         return total
 
+    def _lock(self) -> None:
+        """Hold the directory for this process's lifetime (released by close() or the process's end)."""
+        path = self.directory / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise WalInUse(f"the write-ahead log {self.directory} is in use by another ingest process (pid "
+                               f"{holder}): give each service its own INGEST_WAL_DIR") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
     def close(self) -> None:
         if self._active_fd is not None:
             os.close(self._active_fd)
             self._active_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
