@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ingest.macros import QueryRange, expand  # noqa: E402
-from ingest.panels import load_dashboard, panel_queries, query_range  # noqa: E402
+from ingest.dashboard import load_dashboard, panel_queries, query_range  # noqa: E402
 from ingest.sink import Sink  # noqa: E402
 
 DATABASE = "analytics"

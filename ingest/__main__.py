@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":
+        # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not.
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("ingest").setLevel(settings.log_level.upper())
+        import clickhouse_connect.driver.httputil  # noqa: F401 - it sets urllib3's level on import; set it after
+
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.command == "serve":
         try:
             serve(settings)
@@ -87,17 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "panels":
         from . import panels as panels_command
 
-        return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
-    elif args.command == "rebuild-rollups":
-        from .panels import connect
-        from .rollups import rebuild
-
-        client = connect(settings)
         try:
-            for table, rows in rebuild(client).items():
+            return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
+        except (panels_command.PanelsError, panels_command.DashboardError, StartupError) as exc:
+            print(f"ingest panels: {exc}", file=sys.stderr)
+            return 1
+    elif args.command == "rebuild-rollups":
+        from .rollups import rebuild_command
+
+        try:
+            for table, rows in rebuild_command(settings).items():
                 print(f"{table}: {rows} rows")
-        finally:
-            client.close()
+        except StartupError as exc:
+            print(f"ingest rebuild-rollups: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from aiohttp import web
 from . import access
 from .buffer import Buffer, BufferFull
 from .config import Settings
+from .dashboard import RANGES, load_dashboard, query_range, results_to_json, run_panels
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
@@ -33,6 +35,7 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 VALIDATOR = web.AppKey("validator", EventValidator)
+DASHBOARD = web.AppKey("dashboard", dict)
 
 
 class RequestError(Exception):
@@ -168,6 +171,28 @@ async def get_health(request: web.Request) -> web.Response:
     return _json(body, 200 if not problems else 503)
 
 
+def _from_this_machine(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def get_panels(request: web.Request) -> web.Response:
+    """The product dashboard's panels, run by the service on its embedded engine, for `python -m ingest panels`
+    (which cannot open the data directory while the service holds it). Read-only queries, this machine only."""
+    if not _from_this_machine(request):
+        return _error(403, "local_only", "GET /panels answers only on this machine (the terminal dashboard); "
+                                        "Grafana reads ClickHouse itself")
+    name = request.query.get("range", "1h")
+    if name not in RANGES:
+        return _error(400, "bad_range", f"range must be one of {', '.join(RANGES)}, got {name[:20]!r}")
+    qrange = query_range(name)
+    sink = request.app[PIPELINE].sink
+    results = await asyncio.to_thread(run_panels, request.app[DASHBOARD], qrange, sink.query)
+    return _json({**results_to_json(results, qrange), "storage": request.app[SETTINGS].storage_owner})
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     pipeline = request.app[PIPELINE]
@@ -250,6 +275,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("OPTIONS", "/events", access.preflight_handler(settings))
     app.router.add_get("/health", get_health)
     app.router.add_get("/metrics", get_metrics)
+    if settings.clickhouse_url.startswith("chdb://"):
+        # Only the embedded engine needs it: on a server, `panels` reads ClickHouse itself (as the grafana user).
+        app[DASHBOARD] = load_dashboard()
+        app.router.add_get("/panels", get_panels)
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
     return app

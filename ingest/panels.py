@@ -1,8 +1,9 @@
-"""`python -m ingest panels`: the product dashboard without Grafana — its own panel SQL, expanded and run here.
+"""`python -m ingest panels`: the product dashboard in a terminal — Grafana's panel SQL, expanded and run here.
 
-The SQL is read from the dashboard JSON (the one place it lives), expanded with the plugin's macros
-(ingest/macros.py) for the chosen range and run on the configured ClickHouse, so what this prints is what
-Grafana's panels would show for the same range.
+The SQL is read from the dashboard JSON (the one place it lives) and expanded with the plugin's macros
+(ingest/dashboard.py, ingest/macros.py), so what this prints is what Grafana's panels show for the same range.
+Where it runs: on a ClickHouse server directly; on the embedded engine directly, or, while a service holds that
+data directory (one process per directory), through the service's `GET /panels`, which runs the same SQL.
 """
 
 from __future__ import annotations
@@ -10,106 +11,142 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from importlib import resources
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
-from .macros import QueryRange, expand
+from .dashboard import (DashboardError, PanelResult, load_dashboard, query_range, results_from_json,
+                        run_panels)
+from .macros import QueryRange
 
-CLICKHOUSE_UID = "clickhouse"
-DASHBOARD_FILE = "product-analytics.json"
-RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24)}
 REFRESH_SECONDS = 5.0  # the dashboard's refresh
+WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal
+SPARK_WIDTH = 72
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
-def dashboard_path() -> Path:
-    """The product dashboard JSON: from the source checkout, else the copy the wheel carries."""
-    repo_file = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / DASHBOARD_FILE
-    if repo_file.is_file():
-        return repo_file
-    packaged = resources.files(__package__).joinpath("dashboards", DASHBOARD_FILE)
-    return Path(str(packaged))
+class PanelsError(Exception):
+    """The dashboard cannot be shown; the message says why and what to do, in one line."""
 
 
-def load_dashboard(path: Path | None = None) -> dict[str, Any]:
-    """The dashboard as Grafana would load it."""
-    return json.loads((path or dashboard_path()).read_text())
-
-
-@dataclass(frozen=True)
-class PanelQuery:
-    """One ClickHouse panel: its title, type, Grafana result format and raw SQL (macros unexpanded)."""
-
-    id: int
-    title: str
-    type: str
-    format: int
-    raw_sql: str
-
-
-def panel_queries(dashboard: dict[str, Any]) -> list[PanelQuery]:
-    """Every ClickHouse-backed panel of the dashboard, in grid order (top-left first)."""
-    found = []
-    for panel in sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
-        for target in panel.get("targets", []):
-            if target.get("datasource", {}).get("uid") == CLICKHOUSE_UID:
-                # The plugin treats a missing format as time series (0).
-                found.append(PanelQuery(panel["id"], panel["title"], panel["type"], target.get("format", 0),
-                                        target["rawSql"]))
-    return found
-
-
-def query_range(name: str, now: datetime | None = None) -> QueryRange:
-    """The picker's "Last <name>" ending now; the interval is a stand-in (our panel SQL never uses it)."""
-    end = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    duration = RANGES[name]
-    return QueryRange(end - duration, end, max(timedelta(seconds=1), duration / 1000))
-
+# --- where the numbers come from -------------------------------------------------------------------------------
 
 @dataclass
-class PanelResult:
-    """A panel's query outcome: column names and rows, or the error ClickHouse gave."""
+class Frame:
+    """One refresh: every panel's result for one range, and where it was read."""
 
-    panel: PanelQuery
-    columns: list[str]
-    rows: list[tuple]
-    error: str | None = None
-
-
-Runner = Callable[[str], tuple[list[str], list[tuple]]]
+    results: list[PanelResult]
+    qrange: QueryRange
+    source: str
 
 
-def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> list[PanelResult]:
-    """Expand and run every ClickHouse panel; one failing panel does not hide the others."""
-    results = []
-    for panel in panel_queries(dashboard):
+class Direct:
+    """Runs the panel SQL on ClickHouse through this process's own client."""
+
+    def __init__(self, settings, dashboard: dict[str, Any]) -> None:
+        import clickhouse_connect
+
+        from .sink import reason
+
+        self.dashboard = dashboard
+        self.label = _label(settings)
         try:
-            columns, rows = run(expand(panel.raw_sql, qrange))
-            results.append(PanelResult(panel, columns, rows))
-        except Exception as exc:  # noqa: BLE001 - shown in place of the panel, as Grafana does
-            results.append(PanelResult(panel, [], [], str(exc).strip().splitlines()[0][:300]))
-    return results
+            self.client = clickhouse_connect.get_client(dsn=settings.clickhouse_url,
+                                                        database=settings.clickhouse_database)
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            raise PanelsError(f"cannot reach ClickHouse at {settings.redacted_url}: {reason(exc)}") from None
+
+    def frame(self, range_name: str) -> Frame:
+        def run(sql: str) -> tuple[list[str], list[tuple]]:
+            result = self.client.query(sql, settings={"readonly": 1})
+            return list(result.column_names), result.result_rows
+
+        qrange = query_range(range_name)
+        return Frame(run_panels(self.dashboard, qrange, run), qrange, self.label)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ViaService:
+    """Asks the running service (GET /panels), which holds the embedded data directory, to run the panel SQL."""
+
+    def __init__(self, settings, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.owner = settings.storage_owner
+        self.label = _label(settings, via=self.url)
+
+    def frame(self, range_name: str) -> Frame:
+        from .sink import reason
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/panels?range={range_name}", timeout=30) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise PanelsError(f"the service at {self.url} answered {exc.code} to GET /panels: {detail}") from None
+        except (OSError, ValueError) as exc:
+            raise PanelsError(f"no service answers GET /panels at {self.url}: {reason(exc)}") from None
+        if body.get("storage") != self.owner:
+            raise PanelsError(f"the service at {self.url} stores into {body.get('storage')}, not {self.owner}: "
+                              "run panels with the service's CLICKHOUSE_URL and CLICKHOUSE_DATABASE, or set "
+                              "INGEST_PORT to the port of the service that holds this data")
+        results, qrange = results_from_json(body)
+        return Frame(results, qrange, self.label)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(settings, dashboard: dict[str, Any], service_url: str | None = None) -> Direct | ViaService:
+    """Direct access where this process may open the storage; else the service that holds the embedded data."""
+    from .sink import data_holder
+
+    if not settings.clickhouse_url.startswith("chdb://"):
+        return Direct(settings, dashboard)
+    path = Path(settings.clickhouse_url.removeprefix("chdb://"))
+    if not (path / "metadata").is_dir():
+        # Never create an empty data directory where the user happens to be: say which one was looked for.
+        raise PanelsError(f"no embedded ClickHouse data in {path} (CLICKHOUSE_URL): run panels from the directory "
+                          "the service runs in, or set CLICKHOUSE_URL to its data")
+    if data_holder(path) is not None or service_url:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        return ViaService(settings, service_url or f"http://{host}:{settings.port}")
+    return Direct(settings, dashboard)
 
 
 # --- text rendering ----------------------------------------------------------------------------------------------
 
-def _fmt_time(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
+def _label(settings, via: str | None = None) -> str:
+    """Which data a frame shows, in one line of the frame's width (a long path loses its middle)."""
+    tail = f", via the service at {via}" if via else ""
+    head = f"database {settings.clickhouse_database} in "
+    room = WIDTH - 2 - len(head) - len(tail)
+    where = settings.redacted_url
+    if len(where) > room:
+        keep = max(room - 1, 10)
+        where = where[:keep // 3] + "…" + where[-(keep - keep // 3):]
+    return head + where + tail
 
 
-def _fmt_num(value: Any, percent: bool = False) -> str:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _num(value: Any, percent: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if percent:
         return f"{value:.1f}%"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def _hm(value: Any) -> str:
+    return value.strftime("%H:%M") if isinstance(value, datetime) else str(value)
 
 
 def sparkline(values: list[float | None], width: int = 60) -> str:
@@ -126,94 +163,109 @@ def sparkline(values: list[float | None], width: int = 60) -> str:
                    for c in cells)
 
 
-def _is_time(value: Any) -> bool:
-    return isinstance(value, (datetime, date))
+def _scale(times: list[Any], values: list[Any], width: int, percent: bool = False) -> str:
+    """What a sparkline means: lowest and highest value, minutes per mark, the span (marks scale to the highest)."""
+    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not known:
+        return "  no data in range"
+    step = max(1, math.ceil(len(values) / width))
+    per = "1 mark = 1 min" if step == 1 else f"1 mark = max of {step} min"
+    return f"  min {_num(min(known), percent)}  max {_num(max(known), percent)}  {per}  {_span(times[0], times[-1])}"
 
 
-def _render_stat(r: PanelResult) -> list[str]:
-    # Grafana's stat: the last value is the big number, the whole series is the sparkline.
-    values = [row[1] for row in r.rows]
+def _span(start: Any, end: Any) -> str:
+    if isinstance(start, datetime) and isinstance(end, datetime) and start.date() != end.date():
+        return f"{start:%d %b %H:%M}-{end:%d %b %H:%M} UTC"
+    return f"{_hm(start)}-{_hm(end)} UTC"
+
+
+def _active_users(r: PanelResult) -> list[str]:
+    times, values = [row[0] for row in r.rows], [row[1] for row in r.rows]
     last = next((v for v in reversed(values) if v is not None), None)
-    return [f"  {_fmt_num(last)} {r.columns[1].replace('_', ' ')}   {sparkline(values)}"]
+    return [f"Active users  {_num(last)} sessions in the last 5 minutes",
+            "  " + sparkline(values, SPARK_WIDTH), _scale(times, values, SPARK_WIDTH)]
 
 
-def _render_timeseries(r: PanelResult, max_rows: int = 12) -> list[str]:
-    names = r.columns[1:]
-    lines = [f"  {'':>6}{name:<22} {sparkline([row[i + 1] for row in r.rows])}" for i, name in enumerate(names)]
-    with_data = [row for row in r.rows if any(v not in (None, 0) for v in row[1:])]
-    lines.append(f"  {'time (UTC)':<17}" + "".join(f"{n:>16}" for n in names))
-    for row in with_data[-max_rows:]:
-        lines.append(f"  {_fmt_time(row[0]):<17}" + "".join(
-            f"{_fmt_num(v, percent=n.endswith('_pct')):>16}" for n, v in zip(names, row[1:])))
-    if not with_data:
-        lines.append("  (no data in range)")
-    elif len(with_data) > max_rows:
-        lines.append(f"  ... {len(with_data) - max_rows} earlier rows with data not shown")
+def _funnel(r: PanelResult, hours: int = 3) -> list[str]:
+    rows = [row for row in r.rows if any(v not in (None, 0) for v in row[1:3])]
+    shown = rows[-hours:]
+    cut = f"  ({len(rows) - len(shown)} earlier hours)" if len(rows) > len(shown) else ""
+    lines = [f"Signup funnel  hour (UTC)   started  completed  conversion{cut}"]
+    for t, started, completed, pct in shown:
+        lines.append(f"  {t:%Y-%m-%d %H:00}  {_num(started):>9}  {_num(completed):>9}  {_num(pct, True):>10}"
+                     if isinstance(t, datetime) else f"  {t}")
+    return lines + (["  no signups in range"] if not rows else [])
+
+
+def _top_features(r: PanelResult) -> list[str]:
+    lines = ["Top features  unique users"]
+    if not r.rows:
+        return lines + ["  no feature use in range"]
+    top = max(row[1] for row in r.rows) or 1
+    cells = [f"{i:>2}. {str(row[0])[:16]:<16} {_num(row[1]):>7} {'█' * max(1, round(row[1] / top * 8)):<8}"
+             for i, row in enumerate(r.rows, 1)]
+    half = math.ceil(len(cells) / 2)
+    for left, right in zip(cells[:half], cells[half:] + [""]):
+        lines.append(f"  {left}  {right}".rstrip())
     return lines
 
 
-def _render_ranking(r: PanelResult, width: int = 40) -> list[str]:
-    if not r.rows:
-        return ["  (no data in range)"]
-    top = max(row[1] for row in r.rows) or 1
-    label_width = max(len(str(row[0])) for row in r.rows)
-    return [f"  {i:>2}. {str(row[0]):<{label_width}} {'█' * max(1, round(row[1] / top * width))} {_fmt_num(row[1])}"
-            for i, row in enumerate(r.rows, 1)]
+def _error_rate(r: PanelResult) -> list[str]:
+    times, values = [row[0] for row in r.rows], [row[1] for row in r.rows]
+    known = [(t, v) for t, v in zip(times, values) if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    last = known[-1][1] if known else None
+    above = sum(1 for _, v in known if v > 1)
+    worst = max(known, key=lambda tv: tv[1]) if known else None
+    head = f"Error rate  last {_num(last, True)}"
+    if worst:
+        head += f"   max {_num(worst[1], True)} at {_hm(worst[0])}   {above} minute(s) above the 1% line"
+    return [head, "  " + sparkline(values, SPARK_WIDTH), _scale(times, values, SPARK_WIDTH, percent=True)]
 
 
-def render(results: list[PanelResult], qrange: QueryRange, target: str) -> str:
-    """The four panels as text, titled like the dashboard."""
-    span = f"{qrange.start:%Y-%m-%d %H:%M:%S} .. {qrange.end:%H:%M:%S} UTC"
-    out = [f"Product analytics — {span} — {target}", ""]
-    for r in results:
-        out.append(f"{r.panel.title}")
+_RENDER = {"Active users": _active_users, "Signup funnel": _funnel, "Top features": _top_features,
+           "Error rate": _error_rate}
+
+
+def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
+    """The four panels as at most `height` lines of at most `width` characters; says what it cut."""
+    q = frame.qrange
+    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC", f"  {frame.source}", ""]
+    for r in frame.results:
         if r.error:
-            out.append(f"  query failed: {r.error}")
-        elif r.panel.type == "stat":
-            out += _render_stat(r)
-        elif r.panel.type == "bargauge":
-            out += _render_ranking(r)
+            lines += [r.panel.title, f"  query failed: {r.error}"]
         else:
-            out += _render_timeseries(r)
-        out.append("")
-    return "\n".join(out)
+            lines += _RENDER.get(r.panel.title, _generic)(r)
+        lines.append("")
+    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines[:-1]]
+    if len(lines) > height:
+        lines = lines[:height - 1] + [f"… {len(lines) - height + 1} more lines not shown (a taller terminal shows them)"]
+    return "\n".join(lines)
 
 
-def connect(settings):
-    """A clickhouse-connect client on the configured storage (the embedded one gets its schema first)."""
-    import clickhouse_connect
-
-    from .sink import Sink
-
-    if settings.clickhouse_url.startswith("chdb://"):
-        # A fresh embedded directory has no table yet: create it so the panels show "no data", not errors.
-        Path(settings.clickhouse_url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
-        Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
-    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
+def _generic(r: PanelResult) -> list[str]:
+    return [r.panel.title] + [f"  {', '.join(str(v) for v in row)}" for row in r.rows[:5]]
 
 
-def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO) -> int:
-    """Print the dashboard once, or every 5 s with --watch until Ctrl-C."""
+def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO,
+         service_url: str | None = None) -> int:
+    """Print the dashboard once, or every 5 s with --watch until Ctrl-C. Raises PanelsError or DashboardError."""
     dashboard = load_dashboard(Path(dashboard_file) if dashboard_file else None)
-    client = connect(settings)
-
-    def run(sql: str) -> tuple[list[str], list[tuple]]:
-        result = client.query(sql)
-        return list(result.column_names), result.result_rows
-
-    target = f"{settings.redacted_url} / {settings.clickhouse_database}"
+    source = open_source(settings, dashboard, service_url)
+    clear = watch and out.isatty()  # screen-clearing codes only for a terminal; a pipe gets frames one after another
     try:
         while True:
-            qrange = query_range(range_name)
-            text = render(run_panels(dashboard, qrange, run), qrange, target)
-            if watch:
-                out.write("\033[H\033[J")  # clear the terminal: a refreshing view, not a scrolling log
-            out.write(text + "\n")
+            text = render(source.frame(range_name))
+            out.write("\033[H\033[J" + text + "\n" if clear else text + "\n")
             out.flush()
             if not watch:
                 return 0
             time.sleep(REFRESH_SECONDS)
+            if not clear:
+                out.write("\n")
     except KeyboardInterrupt:
         return 0
     finally:
-        client.close()
+        source.close()
+
+
+__all__ = ["DashboardError", "PanelsError", "main", "render", "sparkline"]

@@ -49,3 +49,26 @@ def rebuild(client: Client) -> dict[str, int]:
         client.command(f"INSERT INTO {rollup.target} {rollup.select}", settings={"insert_deduplicate": 0})
         counts[rollup.target.split(".")[-1].strip("`")] = int(client.command(f"SELECT count() FROM {rollup.target}"))
     return counts
+
+
+def rebuild_command(settings) -> dict[str, int]:
+    """`python -m ingest rebuild-rollups`: connect as configured (the embedded engine gets its schema, so the
+    views exist) and rebuild; StartupError says in one line why it could not start."""
+    import clickhouse_connect
+
+    from .errors import StartupError
+    from .sink import Sink, reason
+
+    embedded = settings.clickhouse_url.startswith("chdb://")
+    try:
+        if embedded:
+            Sink(settings.clickhouse_url, settings.clickhouse_database).open()  # creates the schema, or says why not
+        client = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
+    except StartupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        raise StartupError(f"cannot reach ClickHouse at {settings.redacted_url}: {reason(exc)}") from None
+    try:
+        return rebuild(client)
+    finally:
+        client.close()

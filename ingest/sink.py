@@ -97,11 +97,21 @@ def failure_kind(exc: BaseException) -> str:
     return "other"
 
 
+def reason(exc: BaseException) -> str:
+    """The gist of a client error for a one-line message: the OS's words if it has them, else its first line."""
+    text = str(exc).strip()
+    errno_text = re.search(r"\[Errno -?\d+\] ([^\"')\]]+)", text)
+    if errno_text:
+        return errno_text.group(1).strip()
+    code = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(version [^)]*\))?$", text.splitlines()[0] if text else "")
+    return (code.group(1) if code else (text.splitlines()[0] if text else type(exc).__name__))[:300]
+
+
 def embedded_failure(path: Path, exc: BaseException) -> str:
     """Why the embedded engine at path did not open, and what to do, in one line."""
     if isinstance(exc, OSError) and not (path.is_dir() and os.access(path, os.W_OK)):
         return f"CLICKHOUSE_URL: cannot use {path} as the embedded ClickHouse data directory: {path_problem(path, exc)}"
-    holder = _status_holder(path)
+    holder = data_holder(path)
     if holder is not None:
         return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): one process "
                 "can open it at a time; stop that one first, or point CLICKHOUSE_URL at another directory")
@@ -109,8 +119,8 @@ def embedded_failure(path: Path, exc: BaseException) -> str:
     return f"cannot open the embedded ClickHouse in {path}: {first_line[:300]}"
 
 
-def _status_holder(path: Path) -> str | None:
-    """The pid of the process whose engine holds path (ClickHouse flocks its `status` file), else None."""
+def data_holder(path: Path) -> str | None:
+    """The pid of the process whose embedded engine holds path (ClickHouse flocks its `status` file), else None."""
     status = path / "status"
     try:
         fd = os.open(status, os.O_RDONLY)
@@ -122,7 +132,8 @@ def _status_holder(path: Path) -> str | None:
         return None
     except OSError:
         match = re.search(rb"PID: (\d+)", os.read(fd, 4096))
-        return match.group(1).decode() if match else "?"
+        holder = match.group(1).decode() if match else "?"
+        return None if holder == str(os.getpid()) else holder  # this process's own engine: it may use it
     finally:
         os.close(fd)
 
@@ -167,6 +178,8 @@ class Sink:
         self.chdb_options = dict(chdb_options or {})
         self._client: Client | None = None
         self._lock = threading.Lock()
+        self._reader: Client | None = None
+        self._read_lock = threading.Lock()
         self._reachable = False
 
     def _client_for(self, database: str | None) -> Client:
@@ -254,6 +267,15 @@ class Sink:
             self._lock.release()
         return self._reachable
 
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run a read-only query (readonly=1: a bug cannot write) on a client of its own, so a slow dashboard query
+        does not hold up inserts."""
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self._client_for(self.database)
+            result = self._reader.query(sql, settings={"readonly": 1})
+            return list(result.column_names), result.result_rows
+
     def _drop_client(self) -> None:
         if self._client is not None:
             try:
@@ -264,3 +286,7 @@ class Sink:
     def close(self) -> None:
         with self._lock:
             self._drop_client()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

@@ -24,8 +24,9 @@ KILLS = 10
 
 
 def _start(env: dict, cwd: Path) -> subprocess.Popen:
+    # The services' logs go to one file, shown if the test fails (a loss must be diagnosable from CI's output).
     proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=open(cwd / "services.log", "ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -111,4 +112,7 @@ def test_every_acknowledged_event_survives_repeated_kill_9_exactly_once(tmp_path
     assert len(load.acked) > 1000, "the load did not get going"
     assert len(stored) == len(set(stored)), "some events were stored twice"
     missing = load.acked - set(stored)
-    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+    log = (tmp_path / "services.log").read_text(errors="replace")
+    assert not missing, (f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}; warnings and errors "
+                         "of the services:\n" + "\n".join(line for line in log.splitlines()
+                                                          if " WARNING " in line or " ERROR " in line)[-5000:])

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ingest.macros import QueryRange, expand
-from ingest.panels import load_dashboard, panel_queries
+from ingest.dashboard import load_dashboard, panel_queries
 from ingest.sink import Sink
 
 from .support import event

@@ -77,9 +77,9 @@ async def test_metrics_count_accepted_rejected_requests_and_flushes(make_client,
     assert m[("ingest_http_request_duration_seconds_count", ())] == 1
 
 
-async def test_each_app_has_its_own_metrics(make_client, ch):
+async def test_each_app_has_its_own_metrics(make_client, ch, settings):
     first = await make_client()
-    second = await make_client()
+    second = await make_client(wal_dir=settings.wal_dir + "-second")  # one log per service
     await first.post("/events", json=[event()])
     assert (await _metrics(first))[("ingest_events_accepted_total", ())] == 1
     assert (await _metrics(second))[("ingest_events_accepted_total", ())] == 0

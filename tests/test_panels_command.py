@@ -1,38 +1,143 @@
-"""`python -m ingest panels` prints the dashboard's four panels from the configured ClickHouse."""
+"""`python -m ingest panels`: the dashboard's four panels in a terminal, from the configured ClickHouse or, beside a
+running service on the embedded engine, through the service; one clear line when it cannot."""
 
 from __future__ import annotations
 
 import io
+import json
+import signal
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from ingest import panels
 from ingest.__main__ import main as cli
 from ingest.sink import Sink
 
+from .processes import Service, command
 
-def test_panels_prints_the_four_panels_with_numbers_from_the_table(ch, settings):
+COLUMNS = ["event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties"]
+
+
+def _load(ch, settings):
     Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
     now = datetime.now(timezone.utc)
     rows = [("page_view", now - timedelta(seconds=30 + i), f"s{i}", None, "mobile", "US", "{}") for i in range(7)]
     rows += [("feature_used", now - timedelta(minutes=20), "s1", "u1", "desktop", "DE", '{"feature": "export"}'),
              ("error_occurred", now - timedelta(minutes=20), "s1", "u1", "desktop", "DE", "{}"),
-             ("signup_started", now - timedelta(minutes=10), "s2", None, "desktop", "DE", "{}")]
-    ch.insert("events", rows, column_names=["event_name", "timestamp", "session_id", "user_id", "device_type",
-                                             "country_code", "properties"])
+             ("signup_started", now - timedelta(hours=20), "s2", None, "desktop", "DE", "{}")]
+    ch.insert("events", rows, column_names=COLUMNS)
+
+
+@pytest.mark.parametrize("range_name", ["1h", "24h"])
+def test_panels_prints_the_four_panels_in_an_80_by_24_frame(ch, settings, range_name):
+    _load(ch, settings)
     out = io.StringIO()
-    assert panels.main(settings, "1h", False, None, out) == 0
+    assert panels.main(settings, range_name, False, None, out) == 0
     text = out.getvalue()
-    for title in ("Active users", "Signup funnel", "Top features", "Error rate"):
-        assert f"\n{title}\n" in text
-    assert "\n  7 active sessions " in text        # 7 sessions in the last 5 minutes
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, text
+    assert "Active users  7 sessions in the last 5 minutes" in text
     assert " 1. export " in text
-    assert "50.0%" in text                           # the minute with 1 error among 2 events
-    assert "query failed" not in text
+    assert "max 50.0%" in text                       # the minute with 1 error among 2 events
+    assert "query failed" not in text and "\033" not in text
+    # Every sparkline comes with its scale: lowest, highest, minutes per mark, the span it covers.
+    assert text.count("  min ") == 2 and ("1 mark = 1 min" if range_name == "1h" else "1 mark = max of") in text
+    if range_name == "24h":
+        assert "signup" not in text.split("Signup funnel")[1].split("\n\n")[0].lower().split("conversion")[1]
+        assert " 1 " in text.split("Signup funnel")[1].split("Top features")[0]  # the start 20 h ago
 
 
 def test_panels_subcommand_rejects_ranges_the_picker_does_not_offer(capsys):
-    import pytest
-
     with pytest.raises(SystemExit):
         cli(["panels", "--range", "7d"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers(tmp_path):
+    data = tmp_path / "data"
+    env = {"CLICKHOUSE_URL": f"chdb://{data}", "INGEST_WAL_DIR": str(tmp_path / "wal"),
+           "INGEST_FLUSH_INTERVAL_SECONDS": "0.1"}
+    service = Service(tmp_path, **env).wait_healthy()
+    try:
+        assert service.post_events(12, "live") == 12
+        deadline = time.monotonic() + 20
+        while service.get("/health")[1]["buffer"]["events"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        beside = command(["panels"], tmp_path, **env, INGEST_PORT=str(service.port))
+        assert beside.returncode == 0, beside.stderr
+        assert "via the service at" in beside.stdout, beside.stdout
+        assert "Active users  12 sessions in the last 5 minutes" in beside.stdout
+        assert service.post_events(1, "still-serving") == 1  # the service was not disturbed
+    finally:
+        assert service.stop() == 0
+    alone = command(["panels"], tmp_path, **env, INGEST_PORT=str(service.port))
+    assert alone.returncode == 0, alone.stderr
+    assert "via the service" not in alone.stdout
+    assert "Active users  13 sessions in the last 5 minutes" in alone.stdout
+
+    def panel_lines(text):  # the numbers, without the header (time and source) and the time-dependent marks
+        return [line for line in text.splitlines()[3:] if "min " not in line and not set(line.strip()) <= set(
+            panels._SPARK + " ")]
+    assert panel_lines(beside.stdout.replace("12 sessions", "13 sessions")) == panel_lines(alone.stdout)
+
+
+@pytest.mark.slow
+def test_panels_watch_into_a_pipe_prints_frames_without_screen_codes(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    Service(tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal")).wait_healthy().stop()
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "panels", "--watch"], cwd=tmp_path,
+                            env={**__import__("os").environ, "CLICKHOUSE_URL": f"chdb://{data}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(7)  # two refreshes, 5 s apart
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.count("Product analytics") >= 2 and "\033" not in out
+
+
+def test_the_panels_endpoint_answers_this_machine_only(make_client):
+    from aiohttp.test_utils import make_mocked_request
+
+    from ingest.app import _from_this_machine
+
+    for peer, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False), ("172.18.0.1", False)):
+        transport = type("T", (), {"get_extra_info": lambda self, name, default=None: (peer, 1234)})()
+        assert _from_this_machine(make_mocked_request("GET", "/panels", transport=transport)) is local
+
+
+async def test_the_panels_endpoint_runs_the_dashboard_read_only(make_client, ch, settings):
+    client = await make_client()
+    _load(ch, settings)
+    resp = await client.get("/panels?range=1h")
+    assert resp.status == 200
+    body = await resp.json()
+    assert [p["title"] for p in body["panels"]] == ["Active users", "Signup funnel", "Top features", "Error rate"]
+    assert all(p["error"] is None for p in body["panels"])
+    assert body["storage"] == settings.storage_owner
+    assert (await client.get("/panels?range=7d")).status == 400
+
+
+@pytest.mark.parametrize("args,env,words", [
+    (["panels", "--dashboard", "{tmp}/missing.json"], {}, ["cannot read the dashboard", "missing.json"]),
+    (["panels", "--dashboard", "{tmp}/list.json"], {}, ["not a Grafana dashboard"]),
+    (["panels"], {"CLICKHOUSE_URL": "http://default:x@127.0.0.1:9"}, ["cannot reach ClickHouse at",
+                                                                      "http://default:***@127.0.0.1:9"]),
+    (["panels"], {"CLICKHOUSE_URL": "chdb://{tmp}/nothing-here"}, ["no embedded ClickHouse data in",
+                                                                     "nothing-here"]),
+    (["rebuild-rollups"], {"CLICKHOUSE_URL": "http://default:x@127.0.0.1:9"}, ["cannot reach ClickHouse at"]),
+])
+def test_commands_say_what_is_wrong_in_one_line(tmp_path, args, env, words):
+    (tmp_path / "list.json").write_text(json.dumps([1, 2]))
+    args = [a.format(tmp=tmp_path) for a in args]
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    result = command(args, tmp_path, timeout=120, **env)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1, output
+    assert all(word in output for word in words), output
+    assert not (tmp_path / "data").exists()  # nothing created where the command happened to run

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from ingest.macros import QueryRange, expand
-from ingest.panels import load_dashboard, panel_queries
+from ingest.dashboard import load_dashboard, panel_queries
 from ingest.rollups import rebuild
 from ingest.sink import Sink, ddl_files, statements
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ingest.macros import QueryRange, expand
-from ingest.panels import load_dashboard, panel_queries
+from ingest.dashboard import load_dashboard, panel_queries
 from ingest.sink import failure_kind
 
 from . import test_panel_truth as truth

@@ -1,0 +1,142 @@
+"""The product dashboard's panels as data: their SQL read from the dashboard JSON, expanded and run on ClickHouse.
+
+One place for what both the terminal dashboard (`python -m ingest panels`) and the service's `GET /panels` run,
+so both give Grafana's answers for the same range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from .macros import QueryRange, expand
+
+CLICKHOUSE_UID = "clickhouse"
+DASHBOARD_FILE = "product-analytics.json"
+RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24)}
+
+
+class DashboardError(ValueError):
+    """The dashboard file cannot be used: missing, not JSON, or not a Grafana dashboard with ClickHouse panels."""
+
+
+def dashboard_path() -> Path:
+    """The product dashboard JSON: from the source checkout, else the copy the wheel carries."""
+    repo_file = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / DASHBOARD_FILE
+    if repo_file.is_file():
+        return repo_file
+    packaged = resources.files(__package__).joinpath("dashboards", DASHBOARD_FILE)
+    return Path(str(packaged))
+
+
+def load_dashboard(path: Path | None = None) -> dict[str, Any]:
+    """The dashboard as Grafana would load it; DashboardError says in words why a file is not one."""
+    path = path or dashboard_path()
+    try:
+        dashboard = json.loads(path.read_text())
+    except OSError as exc:
+        raise DashboardError(f"cannot read the dashboard {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise DashboardError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(dashboard, dict) or not isinstance(dashboard.get("panels"), list):
+        raise DashboardError(f"{path} is not a Grafana dashboard (no \"panels\" list)")
+    if not panel_queries(dashboard):
+        raise DashboardError(f"{path} has no panels that query the ClickHouse datasource (uid {CLICKHOUSE_UID!r})")
+    return dashboard
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One ClickHouse panel: its title, type, Grafana result format and raw SQL (macros unexpanded)."""
+
+    id: int
+    title: str
+    type: str
+    format: int
+    raw_sql: str
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[PanelQuery]:
+    """Every ClickHouse-backed panel of the dashboard, in grid order (top-left first)."""
+    found = []
+    panels = [p for p in dashboard.get("panels", []) if isinstance(p, dict)]
+    for panel in sorted(panels, key=lambda p: (p.get("gridPos", {}).get("y", 0), p.get("gridPos", {}).get("x", 0))):
+        for target in panel.get("targets", []):
+            if target.get("datasource", {}).get("uid") == CLICKHOUSE_UID and target.get("rawSql"):
+                # The plugin treats a missing format as time series (0).
+                found.append(PanelQuery(panel.get("id", 0), panel.get("title", ""), panel.get("type", ""),
+                                        target.get("format", 0), target["rawSql"]))
+    return found
+
+
+def query_range(name: str, now: datetime | None = None) -> QueryRange:
+    """The picker's "Last <name>" ending now; the interval is a stand-in (our panel SQL never uses it)."""
+    end = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    duration = RANGES[name]
+    return QueryRange(end - duration, end, max(timedelta(seconds=1), duration / 1000))
+
+
+@dataclass
+class PanelResult:
+    """A panel's query outcome: column names and rows, or the error ClickHouse gave."""
+
+    panel: PanelQuery
+    columns: list[str]
+    rows: list[tuple]
+    error: str | None = None
+
+
+Runner = Callable[[str], tuple[list[str], list[tuple]]]
+
+
+def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> list[PanelResult]:
+    """Expand and run every ClickHouse panel; one failing panel does not hide the others."""
+    results = []
+    for panel in panel_queries(dashboard):
+        try:
+            columns, rows = run(expand(panel.raw_sql, qrange))
+            results.append(PanelResult(panel, columns, rows))
+        except Exception as exc:  # noqa: BLE001 - shown in place of the panel, as Grafana does
+            results.append(PanelResult(panel, [], [], str(exc).strip().splitlines()[0][:300]))
+    return results
+
+
+# --- as JSON, for GET /panels ----------------------------------------------------------------------------------
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.astimezone(timezone.utc).isoformat() if value.tzinfo else value.isoformat() + "+00:00"}
+    if isinstance(value, date):
+        return {"d": value.isoformat()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _uncell(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        return datetime.fromisoformat(value["t"])
+    if isinstance(value, dict) and "d" in value:
+        return date.fromisoformat(value["d"])
+    return value
+
+
+def results_to_json(results: list[PanelResult], qrange: QueryRange) -> dict[str, Any]:
+    """Panel results as JSON-ready data (times tagged, so they come back as datetimes)."""
+    return {"from": qrange.start.isoformat(), "to": qrange.end.isoformat(),
+            "panels": [{"id": r.panel.id, "title": r.panel.title, "type": r.panel.type, "format": r.panel.format,
+                        "columns": r.columns, "rows": [[_cell(v) for v in row] for row in r.rows],
+                        "error": r.error} for r in results]}
+
+
+def results_from_json(body: dict[str, Any]) -> tuple[list[PanelResult], QueryRange]:
+    """The inverse of results_to_json (the panel SQL is not sent back: the text view does not need it)."""
+    results = [PanelResult(PanelQuery(p["id"], p["title"], p["type"], p["format"], ""), p["columns"],
+                           [tuple(_uncell(v) for v in row) for row in p["rows"]], p["error"])
+               for p in body["panels"]]
+    return results, QueryRange(datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"]))
