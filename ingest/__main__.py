@@ -58,15 +58,27 @@ def serve(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import environment_help
+
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the ingest service (settings from the environment)")
-    panels = commands.add_parser("panels", help="print the product dashboard's panels, run on the configured ClickHouse")
+    commands.add_parser("serve", help="run the ingest service (settings from the environment)",
+                        description="Run the ingest service until SIGINT/SIGTERM (then it flushes its buffer). "
+                                    "Every setting is an environment variable:",
+                        epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    panels = commands.add_parser("panels", help="print the product dashboard's panels, run on the configured ClickHouse",
+                                 description="The product dashboard in a terminal: Grafana's panel SQL, run on "
+                                             "CLICKHOUSE_URL / CLICKHOUSE_DATABASE (on the embedded engine through "
+                                             "the running service, INGEST_HOST:INGEST_PORT, if it holds the data).",
+                                 formatter_class=defaults)
     panels.add_argument("--range", choices=["1h", "6h", "24h"], default="1h", help="time range ending now")
     panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
-    panels.add_argument("--dashboard", help="dashboard JSON to read (default: grafana/dashboards/product-analytics.json)")
+    panels.add_argument("--dashboard", help="dashboard JSON to read (default: the product dashboard, "
+                                            "grafana/dashboards/product-analytics.json)")
     from . import demo  # demo traffic takes its options from argv, not the environment
-    demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service"))
+    demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
+                                           description=demo.__doc__, formatter_class=defaults))
     commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
                                                 "(run with the service stopped)")
     args = parser.parse_args(argv)

@@ -65,9 +65,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     if encoding not in ENCODINGS:
         raise RequestError(415, "unsupported_encoding",
                            f"Content-Encoding must be gzip, deflate, br or absent, got {encoding[:100]!r}")
-    too_large = RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    too_large = RequestError(413, "body_too_large", f"request body exceeds the limit of {limit:,} bytes "
+                             "(INGEST_MAX_BODY_BYTES, after decoding): send fewer events per request")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise RequestError(413, "body_too_large", f"request body is {request.content_length:,} bytes; the limit is "
+                           f"{limit:,} (INGEST_MAX_BODY_BYTES): send fewer events per request")
     # The decoder stops as soon as the decoded size passes the limit: a compression bomb is cut off, never
     # inflated whole. The raw size is capped too, or empty compressed blocks could stream in forever.
     decoder = BodyDecoder(encoding, limit)

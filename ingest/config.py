@@ -24,7 +24,9 @@ _ORIGIN = re.compile(r"^(\*|null|[a-z][a-z0-9+.-]*://[^/?#\s]+)$", re.I)  # sche
 class Settings:
     """Every knob of the service; defaults apply only when a variable is unset."""
 
-    host: str = "0.0.0.0"
+    # Loopback: a laptop's quickstart is not an open write endpoint on every network it joins. Containers (the
+    # Dockerfile, compose) listen on 0.0.0.0.
+    host: str = "127.0.0.1"
     port: int = 3001
     # Embedded engine (chdb) under ./data by default; http(s)://user:pass@host:port for a server.
     clickhouse_url: str = field(default="chdb://" + str(Path("data/clickhouse").absolute()), repr=False)
@@ -126,6 +128,37 @@ _ENV = {
     "cors_origins": "INGEST_CORS_ORIGINS",
 }
 ENV_VARS = tuple(_ENV.values())
+
+# One line per setting for `serve --help` (the README's configuration table says more).
+_HELP = {
+    "host": "listen address (0.0.0.0: every interface)",
+    "port": "listen port",
+    "clickhouse_url": "chdb:///dir (embedded engine) or http(s)://user:password@host:port",
+    "clickhouse_database": "database of the events table",
+    "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",
+    "flush_events": "... or as soon as this many events wait",
+    "buffer_max_events": "events held at most; beyond, POST /events answers 503 + Retry-After",
+    "max_body_bytes": "largest request body, after decoding",
+    "retry_max_seconds": "longest wait between retries of a failed insert",
+    "durability": "wal (fsync before 202) or memory",
+    "wal_dir": "write-ahead log directory (one per service)",
+    "dead_letter_path": "where rows ClickHouse refuses for their content go",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "write_keys": "comma-separated keys POST /events requires (empty: none)",
+    "cors_origins": "comma-separated origins whose pages may post events, or *",
+}
+
+
+def environment_help() -> str:
+    """Every variable `serve` reads, its default and meaning, for `serve --help`."""
+    defaults = Settings()
+    lines = ["environment (unset: the default; .env is read by docker compose only: `set -a; . ./.env; set +a` "
+             "exports it for serve):"]
+    for f in fields(Settings):
+        value = getattr(defaults, f.name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        lines.append(f"  {_ENV[f.name]:<30} {_HELP.get(f.name, '')} (default: {shown or 'empty'})")
+    return "\n".join(lines)
 
 
 def _comma_list(raw: str) -> tuple[str, ...]:

@@ -104,14 +104,18 @@ class ErrorSpike:
 
     @classmethod
     def parse(cls, text: str) -> "ErrorSpike":
-        """START:DURATION[:RATE], e.g. 30:60 or 30:60:0.2."""
+        """START:DURATION[:RATE], e.g. 30:60 or 30:60:0.2 (argparse shows the message of a bad one)."""
         parts = text.split(":")
-        if len(parts) not in (2, 3):
-            raise ValueError("expected START:DURATION[:RATE], e.g. 30:60")
-        start, duration = float(parts[0]), float(parts[1])
-        rate = float(parts[2]) if len(parts) == 3 else SPIKE_ERROR_RATE
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, duration = float(parts[0]), float(parts[1])
+            rate = float(parts[2]) if len(parts) == 3 else SPIKE_ERROR_RATE
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected START:DURATION[:RATE] in seconds, e.g. 30:60 "
+                                             "or 30:60:0.2") from None
         if start < 0 or duration <= 0 or not 0 <= rate <= 1:
-            raise ValueError("START >= 0, DURATION > 0, 0 <= RATE <= 1")
+            raise argparse.ArgumentTypeError(f"{text!r}: START >= 0, DURATION > 0 and 0 <= RATE <= 1")
         return cls(start, duration, rate)
 
 
@@ -172,6 +176,12 @@ class Report:
     statuses: dict[int, int] = field(default_factory=dict)
     errors_sent: int = 0
     elapsed: float = 0.0
+    fatal: str | None = None  # why the run stopped early: every further request would fail the same way
+
+    def progress(self, elapsed: float) -> str:
+        rate = self.sent / elapsed if elapsed else 0.0
+        return (f"{elapsed:6.0f} s  sent {self.sent:,}  accepted {self.accepted:,}  rejected {self.rejected:,}  "
+                f"{rate:,.0f} events/s")
 
     def table(self) -> str:
         rate = self.sent / self.elapsed if self.elapsed else 0.0
@@ -193,6 +203,7 @@ async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, 
     import orjson
 
     body = orjson.dumps(batch)
+    last_error = "no answer"
     for attempt in range(1, max_attempts + 1):
         if attempt > 1:
             report.retried += len(batch)
@@ -211,13 +222,24 @@ async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, 
                         report.rejected += len(answer["rejected"])
                     else:  # refused whole (4xx) or an unexpected answer: resending would not help
                         report.rejected += len(batch)
+                        if resp.status in _FATAL_STATUSES and report.fatal is None:
+                            message = answer.get("message") if isinstance(answer, dict) else None
+                            report.fatal = f"the service answered {resp.status} to POST {url}" + (
+                                f": {message}" if message else "") + _FATAL_STATUSES[resp.status]
                     return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            last_error = str(exc) or type(exc).__name__
         if attempt == max_attempts or stop_retrying.is_set():
             break
         await asyncio.sleep(delay)
     report.failed += len(batch)
+    if report.fatal is None and attempt == max_attempts:
+        report.fatal = f"gave up on a request after {max_attempts} attempts ({last_error})"
+
+
+# Answers every later request would get too: the run stops at the first, and says why.
+_FATAL_STATUSES = {401: " (pass the write key: this demo sends none)", 403: "", 404: " (is --url the service's base "
+                   "URL, without /events?)", 405: "", 413: " (try a smaller --batch)", 415: ""}
 
 
 def _retry_after(value: str | None, default: float) -> float:
@@ -230,7 +252,7 @@ def _retry_after(value: str | None, default: float) -> float:
 async def run(url: str, rate: float, duration: float | None = None, spike: ErrorSpike | None = None,
               seed: int | None = None, batch_max: int = MAX_BATCH, concurrency: int = 16,
               max_attempts: int = 8, drain_seconds: float = 30.0,
-              stop: asyncio.Event | None = None) -> Report:
+              stop: asyncio.Event | None = None, progress=None) -> Report:
     """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set."""
     import aiohttp
 
@@ -272,8 +294,10 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
                 task = asyncio.create_task(send(batch))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if finished:
+            if finished or report.fatal:
                 break
+            if progress is not None:
+                progress(report, time.monotonic() - started)
             try:
                 await asyncio.wait_for(stop.wait(), tick)
             except asyncio.TimeoutError:
@@ -292,27 +316,89 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ingest demo`: parse argv, run until the duration ends or Ctrl-C, print the report."""
-    parser = argparse.ArgumentParser(prog="python -m ingest demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ingest demo", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
 
+def _number(kind, low: float, high: float | None = None):
+    """An argparse type: a number of `kind` in [low, high], with a message that says so."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < low or (high is not None and value > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a{'n integer' if kind is int else ' number'} "
+                                             f"{bounds}")
+        return value
+    return parse
+
+
+def _base_url(text: str) -> str:
+    """An argparse type: the service's base URL (scheme and host; not the /events endpoint)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the service's base URL with its scheme, e.g. "
+                                         "http://127.0.0.1:3001")
+    if parts.path.rstrip("/").endswith("/events"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the service's base URL without /events, e.g. "
+                                         f"{parts.scheme}://{parts.netloc}")
+    return text.rstrip("/")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:3001", help="the ingest service's base URL")
-    parser.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    parser.add_argument("--url", type=_base_url, default="http://127.0.0.1:3001",
+                        help="the ingest service's base URL")
+    parser.add_argument("--rate", type=_number(float, 0.001), default=200.0, help="events per second")
+    parser.add_argument("--duration", type=_number(float, 0.001), default=None,
+                        help="seconds to run (none: until Ctrl-C)")
     parser.add_argument("--error-spike", type=ErrorSpike.parse, default=None, metavar="START:DURATION[:RATE]",
                         help=f"errors at RATE (default {SPIKE_ERROR_RATE}) instead of {BASE_ERROR_RATE} from "
                              "second START for DURATION seconds, e.g. 30:60")
-    parser.add_argument("--batch", type=int, default=MAX_BATCH, help=f"most events per request (1..{MAX_BATCH})")
-    parser.add_argument("--concurrency", type=int, default=16, help="most requests in flight")
+    parser.add_argument("--batch", type=_number(int, 1, MAX_BATCH), default=MAX_BATCH,
+                        help=f"most events per request (1..{MAX_BATCH})")
+    parser.add_argument("--concurrency", type=_number(int, 1, 1000), default=16, help="most requests in flight")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable event stream")
 
 
+def _reachable(url: str) -> str | None:
+    """None if a service answers GET /health at url (whatever its health), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=3):
+            return None
+    except urllib.error.HTTPError as exc:
+        return None if exc.code == 503 else f"GET {url}/health answered {exc.code}: is this an ingest service?"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no ingest service answers at {url} ({reason}): start one with `python -m ingest serve`, or " \
+               "pass --url"
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    if args.rate <= 0 or (args.duration is not None and args.duration <= 0):
-        print("--rate and --duration must be positive")
-        return 2
+    import sys
+
+    problem = _reachable(args.url)
+    if problem:
+        print(f"ingest demo: {problem}", file=sys.stderr)
+        return 1
+    tty = sys.stderr.isatty()
+    shown = {"at": 0.0}
+
+    def progress(report: Report, elapsed: float) -> None:
+        # On a terminal one line that updates; in a log, a line every 10 s.
+        if tty:
+            print("\r" + report.progress(elapsed), end="", file=sys.stderr, flush=True)
+        elif elapsed - shown["at"] >= 10:
+            shown["at"] = elapsed
+            print(report.progress(elapsed), file=sys.stderr, flush=True)
 
     async def go() -> Report:
         stop = asyncio.Event()
@@ -320,8 +406,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await run(args.url, args.rate, args.duration, args.error_spike, args.seed, args.batch,
-                         args.concurrency, stop=stop)
+                         args.concurrency, stop=stop, progress=progress)
 
     report = asyncio.run(go())
+    if tty:
+        print(file=sys.stderr)
     print(report.table())
+    if report.fatal:
+        print(f"ingest demo: stopped early: {report.fatal}", file=sys.stderr)
+        return 1
     return 0 if report.failed == 0 else 1

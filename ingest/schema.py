@@ -87,7 +87,10 @@ class EventValidator:
         """Every schema error of one event, each with its JSON Pointer path; [] when valid."""
         found = []
         for err in sorted(self._detailed.iter_errors(event), key=lambda e: list(map(str, e.absolute_path))):
-            found.append(FieldError(_pointer(err.absolute_path), _message(err)))
+            path = list(err.absolute_path)
+            if err.validator == "required":  # point at the missing field, not at the object that lacks it
+                path.append(_missing(err))
+            found.append(FieldError(_pointer(path), _message(err)))
         return found
 
     def is_valid(self, event: Any) -> bool:
@@ -182,30 +185,55 @@ def _pointer(path) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
+# What each pattern of the schema asks for, in words and with an example (a regular expression helps nobody).
+_PATTERN_WORDS = {
+    SCHEMA["properties"]["timestamp"]["pattern"]:
+        "must be an RFC 3339 date-time with a time zone, e.g. 2026-11-28T09:30:00Z or 2026-11-28T10:30:00+01:00",
+    SCHEMA["properties"]["session_id"]["pattern"]:
+        "must be 1 to 128 printable ASCII characters without spaces, e.g. s-7f3a9c",
+    SCHEMA["properties"]["country_code"]["pattern"]:
+        "must be a two-letter upper-case country code (ISO 3166-1 alpha-2), e.g. DE; ZZ if unknown",
+}
+_NAME_WORDS = ("must start with a letter or _ and contain only letters, digits, _ . and - (at most 64 characters), "
+               "e.g. plan_name")
+_VALUE_WORDS = "must be a string of at most 1024 characters, a number, a boolean or null"
+
+
+def _missing(err: jsonschema.ValidationError) -> str:
+    """The name of the property a `required` error is about."""
+    present = err.instance if isinstance(err.instance, dict) else {}
+    return next((name for name in err.validator_value if name not in present), "")
+
+
 def _message(err: jsonschema.ValidationError) -> str:
-    """A short message that does not echo a huge instance back at the client."""
+    """What is wrong, in words (with an example where it helps), without echoing a huge value back."""
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         allowed = set(err.schema.get("properties", {}))
         extra = sorted(k for k in err.instance if k not in allowed)
-        return f"unknown field(s): {', '.join(map(repr, extra))[:300]}"
+        known = ", ".join(sorted(allowed))
+        return f"unknown field(s): {', '.join(map(repr, extra))[:300]}; an event has only {known}"
     if "propertyNames" in err.schema_path:
-        return f"property name {str(err.instance)[:80]!r} must match ^[A-Za-z_][A-Za-z0-9_.-]{{0,63}}$"
+        return f"property name {str(err.instance)[:80]!r} {_NAME_WORDS}"
     if err.validator == "required":
-        return err.message
+        return "is required"
     if err.validator == "enum":
-        return f"must be one of {', '.join(map(str, err.validator_value))}"
+        return f"must be one of {', '.join(map(str, err.validator_value))}, got {str(err.instance)[:80]!r}"
     if err.validator == "pattern":
-        return f"does not match {err.validator_value}"
+        return _PATTERN_WORDS.get(err.validator_value, f"has the wrong format (expected {err.validator_value})")
     if err.validator == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return f"must be {expected}, got {_json_type(err.instance)}"
     if err.validator == "maxLength":
-        return f"longer than {err.validator_value} characters"
+        return f"too long: {len(err.instance):,} characters, at most {err.validator_value}"
+    if err.validator == "minLength":
+        return "must not be empty" if err.validator_value == 1 else f"shorter than {err.validator_value} characters"
     if err.validator == "maxProperties":
-        return f"more than {err.validator_value} properties"
+        return f"too many properties: {len(err.instance)}, at most {err.validator_value}"
     if err.validator == "anyOf":
-        return "must be a string of at most 1024 characters, a number, a boolean or null"
+        if isinstance(err.instance, str):
+            return f"too long: {len(err.instance):,} characters, at most 1024"
+        return f"{_VALUE_WORDS}, got {_json_type(err.instance)}"
     return err.message[:300]
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_unset_variables_keep_the_documented_defaults():
     s = Settings.from_env({})
-    assert (s.host, s.port, s.clickhouse_database) == ("0.0.0.0", 3001, "analytics")
+    assert (s.host, s.port, s.clickhouse_database) == ("127.0.0.1", 3001, "analytics")  # loopback unless told
     assert s.clickhouse_url.startswith("chdb:///") and s.clickhouse_url.endswith("data/clickhouse")
     assert (s.flush_events, s.flush_interval_seconds) == (1000, 2.0)
 
@@ -63,3 +63,14 @@ def test_only_config_reads_the_environment():
     offenders = [p.name for p in (ROOT / "ingest").glob("*.py")
                  if p.name != "config.py" and re.search(r"os\.environ|getenv", p.read_text())]
     assert offenders == []
+
+
+def test_serve_help_lists_every_variable_with_its_default(capsys):
+    from ingest.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for name in ENV_VARS:
+        assert re.search(rf"^  {name} +\S.* \(default: ", text, re.M), name  # a meaning, then the default
+    assert "INGEST_HOST" in text and "(default: 127.0.0.1)" in text and ".env is read by docker compose only" in text

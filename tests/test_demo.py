@@ -13,6 +13,7 @@ from aiohttp import web
 from ingest import demo
 from ingest.schema import EventValidator, Row
 
+from .processes import command, free_port
 from .support import count, eventually
 
 NOW = time.time()
@@ -103,10 +104,52 @@ def test_error_share_is_half_a_percent_and_higher_in_a_spike():
     assert sum(e["event_name"] == "error_occurred" for e in spiked) / len(spiked) > 10 * share
 
 
-@pytest.mark.parametrize("text", ["30", "a:b", "-1:5", "1:0", "1:5:2"])
-def test_bad_spike_is_refused(text):
-    with pytest.raises(ValueError):
-        demo.ErrorSpike.parse(text)
+@pytest.mark.parametrize("args,words", [
+    (["--error-spike", "60"], ["START:DURATION[:RATE]", "e.g. 30:60"]),
+    (["--error-spike", "a:b"], ["START:DURATION[:RATE]"]),
+    (["--error-spike=-1:5"], ["START >= 0"]),
+    (["--error-spike", "1:5:2"], ["RATE <= 1"]),
+    (["--batch", "0"], ["--batch", "from 1 to 500"]),
+    (["--batch", "501"], ["--batch", "from 1 to 500"]),
+    (["--concurrency", "0"], ["--concurrency", "from 1"]),
+    (["--concurrency=-1"], ["--concurrency", "from 1"]),
+    (["--rate", "0"], ["--rate", "at least"]),
+    (["--url", "127.0.0.1:3001"], ["--url", "with its scheme"]),
+    (["--url", "http://127.0.0.1:3001/events"], ["--url", "without /events"]),
+])
+def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, words):
+    result = command(["demo", *args], tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert all(word in error for word in words), error
+
+
+def test_a_dead_server_fails_fast_with_the_reason(tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = command(["demo", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "60"], tmp_path, timeout=60)
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert "no ingest service answers" in result.stderr and "python -m ingest serve" in result.stderr
+
+
+async def test_a_run_whose_every_request_would_fail_stops_at_the_first_and_says_why(aiohttp_server):
+    from aiohttp import web
+
+    async def health(request):
+        return web.json_response({"status": "ok"})
+
+    async def events(request):
+        return web.json_response({"error": "unauthorized", "message": "a write key is required"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/events", events)
+    server = await aiohttp_server(app)
+    report = await demo.run(str(server.make_url("")).rstrip("/"), rate=2000, duration=30, seed=1)
+    assert report.fatal and "401" in report.fatal and "write key" in report.fatal
+    assert report.elapsed < 5 and report.requests <= 32
 
 
 def test_same_seed_same_stream():
