@@ -129,7 +129,7 @@ _ENV = {
 }
 ENV_VARS = tuple(_ENV.values())
 
-# One line per setting for `serve --help` (the README's configuration table says more).
+# One line per setting for `serve --help` (docs/configuration.md says more).
 _HELP = {
     "host": "listen address (0.0.0.0: every interface)",
     "port": "listen port",

@@ -40,7 +40,7 @@ def rebuild(client: Client) -> dict[str, int]:
     """Empty each rollup table and refill it from all of `events`; rows per table name. Run with inserts stopped.
 
     Rows inserted while this runs can reach a rollup twice (through its view and through the rebuild's SELECT):
-    stop the ingest service first (README, "Upgrading").
+    stop the ingest service first (docs/operations.md, "Upgrading").
     """
     counts = {}
     for rollup in rollups(client):

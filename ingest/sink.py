@@ -42,7 +42,7 @@ OPERATOR_ERROR_KINDS = {
 # What each kind of failure means and what to do, for the log and /health.
 FAILURE_HINTS = {
     "access_denied": "the ClickHouse user may not do this insert: check its grants, and that the rollup views run "
-                     "as their definer (README: Grants on a server)",
+                     "as their definer (docs/operations.md: Grants on a server)",
     "authentication": "ClickHouse refuses the user or password in CLICKHOUSE_URL",
     "unknown_database": "the database does not exist: check CLICKHOUSE_DATABASE and that the init ran",
     "unknown_table": "a table is missing: the init (clickhouse/init) has not run or failed",

@@ -53,8 +53,8 @@ def test_env_example_documents_every_setting():
     assert set(ENV_VARS) <= documented
 
 
-def test_readme_configuration_table_lists_every_setting():
-    text = (ROOT / "README.md").read_text()
+def test_the_configuration_table_lists_every_setting():
+    text = (ROOT / "docs" / "configuration.md").read_text()
     rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", text, re.M))
     assert set(ENV_VARS) <= rows
 

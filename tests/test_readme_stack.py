@@ -1,4 +1,4 @@
-"""The README's stack documentation stays true to docker-compose.yml and .env.example."""
+"""The README's stack section and docs/ stay true to docker-compose.yml and .env.example."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from ingest.config import ENV_VARS
 from .stack import ROOT, compose, env_example, references
 
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end != -1 else None]
+def section(title: str, text: str = README) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
 
 
 def test_run_the_full_stack_gives_the_steps_in_order():
@@ -22,15 +24,16 @@ def test_run_the_full_stack_gives_the_steps_in_order():
     steps = ["cp .env.example .env", "replace-me", "docker compose up -d", "http://localhost:3000", "/events"]
     positions = [text.index(step) for step in steps]
     assert positions == sorted(positions)
-    for heading in ("### What each service is for", "### Upgrade", "### Back up the ClickHouse volume"):
-        assert heading in text
+    assert "### What each service is for" in text and "docs/operations.md" in text
+    for heading in ("### Upgrade", "### Back up the ClickHouse volume"):
+        assert heading in section("Operating the stack", OPERATIONS)
 
 
 def test_the_configuration_table_lists_every_variable_of_the_stack_and_the_service():
-    table = section("Configuration")
+    table = CONFIGURATION
     rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", table, re.M))
     wanted = {name for name, _, _ in references()} | set(env_example()) | set(ENV_VARS)
-    assert not wanted - rows, f"missing from the README's configuration table: {sorted(wanted - rows)}"
+    assert not wanted - rows, f"missing from docs/configuration.md: {sorted(wanted - rows)}"
 
 
 def test_the_readme_names_the_versions_compose_pins():

@@ -1,7 +1,7 @@
 """What the service does when ClickHouse refuses inserts, on the real engine: rows it refuses for their content,
 a table or view that refuses everything, and faults only an operator can fix.
 
-The rule (README, "When ClickHouse refuses an insert"): rows are dead-lettered only when other rows of the same batch
+The rule (docs/operations.md, "When ClickHouse refuses an insert"): rows are dead-lettered only when other rows of the same batch
 went in, which proves the table takes data. A batch none of whose rows goes in is held and retried, together with the
 rows that arrive after it, until some go in; a view that fails holds its batch, which is retried unchanged (same
 token) so that nothing is stored twice.

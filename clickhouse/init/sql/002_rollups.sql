@@ -1,7 +1,7 @@
 -- Per-minute (and, for top features, per-hour) rollups of `events` for the product dashboard: a 24 h panel reads
 -- ~1,440 rollup rows per key instead of every raw event. Each rollup is filled by an incremental materialized view,
 -- i.e. on every INSERT INTO events (the view sees only the inserted block), so rows that existed before this file
--- was applied are NOT in the rollups: see README "Upgrading" (`python -m ingest rebuild-rollups`).
+-- was applied are NOT in the rollups: see docs/operations.md "Upgrading" (`python -m ingest rebuild-rollups`).
 -- Same retention as `events` (rows go when their day is 90 days old) and the same monthly partitions, so a
 -- partition of a rollup can be dropped alongside the raw one.
 -- Minutes are DateTime in UTC (the events' zone). Distinct counts are uniqCombined states: exact (a hash set) up to
