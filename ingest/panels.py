@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .macros import QueryRange, expand
+from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
 
 CLICKHOUSE_UID = "clickhouse"
 DASHBOARD_FILE = "product-analytics.json"
@@ -87,7 +87,12 @@ def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> li
     results = []
     for panel in panel_queries(dashboard):
         try:
-            columns, rows = run(expand(panel.raw_sql, qrange))
+            sql = expand(panel.raw_sql, qrange)
+        except MacroError as exc:  # the plugin refuses the query before ClickHouse sees it
+            results.append(PanelResult(panel, [], [], SQLDS_ERROR_PREFIX + str(exc)))
+            continue
+        try:
+            columns, rows = run(sql)
             results.append(PanelResult(panel, columns, rows))
         except Exception as exc:  # noqa: BLE001 - shown in place of the panel, as Grafana does
             results.append(PanelResult(panel, [], [], str(exc).strip().splitlines()[0][:300]))

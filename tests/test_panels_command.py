@@ -36,3 +36,15 @@ def test_panels_subcommand_rejects_ranges_the_picker_does_not_offer(capsys):
     with pytest.raises(SystemExit):
         cli(["panels", "--range", "7d"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_query_the_plugin_refuses_shows_the_plugins_message_and_never_reaches_clickhouse():
+    dashboard = panels.load_dashboard()
+    dashboard["panels"][0]["targets"][0]["rawSql"] = "SELECT $__timeGroup(timestamp) AS time, 1 AS n FROM events"
+    ran = []
+    qrange = panels.query_range("1h", datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+    results = panels.run_panels(dashboard, qrange, lambda sql: ran.append(sql) or (["x"], []))
+    (refused,) = [r for r in results if r.error]
+    assert refused.error == ("Could not apply macros: macro $__timeGroup(timestamp): unexpected number of arguments: "
+                             "$__timeGroup expected 2 argument(s), received 1")
+    assert len(ran) == len(results) - 1
