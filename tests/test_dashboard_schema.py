@@ -79,6 +79,19 @@ def test_every_provisioned_dashboard_type_checks_against_the_pinned_grafana_sche
     assert not errors, "\n".join(map(str, errors))
 
 
+def test_the_signup_funnels_bars_stand_after_their_hours_timestamp(installed):
+    # Each bar counts the hour that starts at its timestamp, so it is drawn after it: BarAlignment.After in
+    # Grafana's enum (Before -1, Center 0, After 1).
+    (funnel,) = [p for p in load(ROOT / "grafana" / "dashboards" / "product-analytics.json")["panels"]
+                 if p["title"] == "Signup funnel"]
+    check = TypeCheck(installed)
+    schema = check.module("schema", "@grafana/schema")
+    check.declare(f"typeof {schema}.BarAlignment.After", funnel["fieldConfig"]["defaults"]["custom"]["barAlignment"],
+                  "Signup funnel barAlignment")
+    errors = check.run()
+    assert not errors, "\n".join(map(str, errors))
+
+
 def _panel(d: dict, title: str) -> dict:
     return next(p for p in d["panels"] if p["title"] == title)
 
