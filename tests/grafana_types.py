@@ -4,8 +4,9 @@ type-check our JSON against them.
 The packages are installed once per version into a cache outside the repository (`$XDG_CACHE_HOME` or ~/.cache,
 `ingest-tests/npm/...`); nothing of them enters the repo. Each check is one TypeScript file of `const` declarations,
 one per checked value (`const NAME: TYPE = <JSON>;`), compiled with `tsc --noEmit`; the compiler's errors are
-mapped back to the declaration they fall in. The TypeScript helpers (how JSON meets Grafana's enums and defaults)
-are tests/json_types.ts.
+mapped back to the declaration they fall in. The TypeScript beside this file is copied next to each check:
+tests/json_types.ts (how JSON meets Grafana's enums and defaults) and tests/clickhouse_query.ts (the plugin's query
+model).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .support import require_tool
 
 # The compiler @grafana/schema 12.4.11 is built with (its package.json devDependencies); a test keeps them equal.
 TYPESCRIPT = "5.9.2"
-HELPERS = Path(__file__).with_name("json_types.ts")
+HELPERS = sorted(Path(__file__).parent.glob("*.ts"))
 COMPOSABLE = "@grafana/schema/dist/esm/raw/composable"
 # Panel plugin ids whose schema folder is named otherwise (Grafana's panel ids vs. the package's folders).
 PANEL_FOLDERS = {"annolist": "annotationslist", "dashlist": "dashboardlist"}
@@ -129,7 +130,8 @@ class TypeCheck:
         work = Path(tempfile.mkdtemp(prefix="check-", dir=self.installed))
         try:
             (work / "check.ts").write_text(text)
-            shutil.copy(HELPERS, work / "json_types.ts")
+            for helper in HELPERS:
+                shutil.copy(helper, work / helper.name)
             (work / "tsconfig.json").write_text(json.dumps({
                 "compilerOptions": {"strict": True, "noEmit": True, "target": "es2022", "module": "esnext",
                                     "moduleResolution": "bundler", "skipLibCheck": True, "types": []},
@@ -142,16 +144,16 @@ class TypeCheck:
             shutil.rmtree(work, ignore_errors=True)
         errors, other = [], []
         for line in (result.stdout + result.stderr).splitlines():
-            m = re.match(r"(?:.*[/\\])?(check|json_types)\.ts\((\d+),\d+\): error (TS\d+: .*)", line)
+            m = re.match(r"(?:.*[/\\])?(\w+)\.ts\((\d+),\d+\): error (TS\d+: .*)", line)
             if m and m[1] == "check":
                 owner = max((s for s in starts if s[0] <= int(m[2])), key=lambda s: s[0], default=None)
                 errors.append(TypeError_(owner[1].where if owner else "imports", m[3]))
+            elif m:  # an error in a helper file: reported as such, never dropped
+                errors.append(TypeError_(f"{m[1]}.ts line {m[2]}", m[3]))
             elif line.startswith(" ") and errors:  # a message's continuation lines
                 errors[-1].message += "\n" + line
             elif line.strip():
                 other.append(line)
-        if result.returncode != 0 and not errors:
-            raise RuntimeError("tsc failed without a located error:\n" + "\n".join(other))
-        if other and not errors:
-            raise RuntimeError("tsc reported:\n" + "\n".join(other))
+        if other or (result.returncode != 0 and not errors):
+            raise RuntimeError("tsc reported what no declaration explains:\n" + "\n".join(other))
         return errors
