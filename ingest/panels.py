@@ -1,8 +1,9 @@
 """`python -m ingest panels`: the product dashboard without Grafana — its own panel SQL, expanded and run here.
 
-The SQL is read from the dashboard JSON (the one place it lives), expanded with the plugin's macros
-(ingest/macros.py) for the chosen range and run on the configured ClickHouse, so what this prints is what
-Grafana's panels would show for the same range.
+The SQL is read from the dashboard JSON (the one place it lives), its template variables substituted as Grafana's
+frontend does (ingest/variables.py: the saved selection, or --var), its macros expanded as the plugin's backend
+does (ingest/macros.py) for the chosen range, and run on the configured ClickHouse, so what this prints is what
+Grafana's panels would show for the same range and selection. The output says which variables it substituted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
+from .variables import Variable, VariableError, dashboard_variables, describe, substitute
 
 CLICKHOUSE_UID = "clickhouse"
 DASHBOARD_FILE = "product-analytics.json"
@@ -82,12 +84,16 @@ class PanelResult:
 Runner = Callable[[str], tuple[list[str], list[tuple]]]
 
 
-def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> list[PanelResult]:
-    """Expand and run every ClickHouse panel; one failing panel does not hide the others."""
+def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
+               variables: dict[str, Variable] | None = None) -> list[PanelResult]:
+    """Substitute, expand and run every ClickHouse panel; one failing panel does not hide the others."""
     results = []
     for panel in panel_queries(dashboard):
         try:
-            sql = expand(panel.raw_sql, qrange)
+            sql = expand(substitute(panel.raw_sql, variables or {}), qrange)
+        except VariableError as exc:  # Grafana's frontend would send other SQL than this command can make
+            results.append(PanelResult(panel, [], [], f"template variables: {exc}"))
+            continue
         except MacroError as exc:  # the plugin refuses the query before ClickHouse sees it
             results.append(PanelResult(panel, [], [], SQLDS_ERROR_PREFIX + str(exc)))
             continue
@@ -166,10 +172,11 @@ def _render_ranking(r: PanelResult, width: int = 40) -> list[str]:
             for i, row in enumerate(r.rows, 1)]
 
 
-def render(results: list[PanelResult], qrange: QueryRange, target: str) -> str:
-    """The four panels as text, titled like the dashboard."""
+def render(results: list[PanelResult], qrange: QueryRange, target: str,
+           variables: dict[str, Variable] | None = None) -> str:
+    """The four panels as text, titled like the dashboard, after a note of the variables substituted."""
     span = f"{qrange.start:%Y-%m-%d %H:%M:%S} .. {qrange.end:%H:%M:%S} UTC"
-    out = [f"Product analytics — {span} — {target}", ""]
+    out = [f"Product analytics — {span} — {target}", *describe(variables or {}), ""]
     for r in results:
         out.append(f"{r.panel.title}")
         if r.error:
@@ -197,9 +204,15 @@ def connect(settings):
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
 
 
-def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO) -> int:
-    """Print the dashboard once, or every 5 s with --watch until Ctrl-C."""
+def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO,
+         chosen: dict[str, list[str]] | None = None) -> int:
+    """Print the dashboard once, or every 5 s with --watch until Ctrl-C. `chosen`: variable values from --var."""
     dashboard = load_dashboard(Path(dashboard_file) if dashboard_file else None)
+    try:
+        variables = dashboard_variables(dashboard, chosen)
+    except VariableError as exc:
+        out.write(f"template variables: {exc}\n")
+        return 2
     client = connect(settings)
 
     def run(sql: str) -> tuple[list[str], list[tuple]]:
@@ -210,7 +223,7 @@ def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out
     try:
         while True:
             qrange = query_range(range_name)
-            text = render(run_panels(dashboard, qrange, run), qrange, target)
+            text = render(run_panels(dashboard, qrange, run, variables), qrange, target, variables)
             if watch:
                 out.write("\033[H\033[J")  # clear the terminal: a refreshing view, not a scrolling log
             out.write(text + "\n")

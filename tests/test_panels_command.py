@@ -28,6 +28,7 @@ def test_panels_prints_the_four_panels_with_numbers_from_the_table(ch, settings)
     assert " 1. export " in text
     assert "50.0%" in text                           # the minute with 1 error among 2 events
     assert "query failed" not in text
+    assert "\nTemplate variables: none in the dashboard, nothing substituted.\n" in text
 
 
 def test_panels_subcommand_rejects_ranges_the_picker_does_not_offer(capsys):
