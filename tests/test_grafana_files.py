@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ingest.panels import load_dashboard, panel_queries
 from ingest.sink import Sink
 from ingest.variables import VARIABLE
 
+from .stack import volumes
 from .support import event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +88,18 @@ def test_clickhouse_datasource_uses_native_protocol_read_only_user_and_env_setti
     assert ch["secureJsonData"] == {"password": "$CLICKHOUSE_GRAFANA_PASSWORD"}
     (prom,) = [d for d in _yaml("datasources/datasources.yaml")["datasources"] if d["uid"] == "prometheus"]
     assert prom["url"] == "$PROMETHEUS_URL"
+
+
+def test_every_provisioning_folder_grafana_reads_is_there():
+    # Compose mounts grafana/provisioning over the image's /etc/grafana/provisioning, hiding its empty folders.
+    # Grafana 12 reads datasources, plugins, dashboards and alerting; a missing one is logged as an error at start
+    # ("Failed to read plugin provisioning files from directory"). Only *.yaml/*.yml files are read in them.
+    mounted = [s for s, t, _ in volumes("grafana") if t == "/etc/grafana/provisioning"]
+    assert mounted == ["./grafana/provisioning"]
+    for folder in ("datasources", "plugins", "dashboards", "alerting"):
+        tracked = subprocess.run(["git", "ls-files", f"grafana/provisioning/{folder}"], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout
+        assert tracked, f"grafana/provisioning/{folder} holds no tracked file, so a checkout lacks the folder"
 
 
 def test_dashboard_provider_reads_the_mounted_dashboard_directory():
