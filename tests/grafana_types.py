@@ -41,10 +41,10 @@ def _cache_root() -> Path:
     return Path(base) / "ingest-tests" / "npm"
 
 
-def packages(schema_version: str | None = None) -> Path:
+def packages() -> Path:
     """A directory whose node_modules holds @grafana/schema (the pinned Grafana's) and typescript, exact versions."""
     npm = require_tool("npm")
-    wanted = {"@grafana/schema": schema_version or grafana_version(), "typescript": TYPESCRIPT}
+    wanted = {"@grafana/schema": grafana_version(), "typescript": TYPESCRIPT}
     target = _cache_root() / "-".join(f"{name.replace('/', '+')}@{v}" for name, v in sorted(wanted.items()))
     if (target / "installed.json").is_file():
         return target
@@ -61,6 +61,8 @@ def packages(schema_version: str | None = None) -> Path:
             if got != version:
                 raise RuntimeError(f"npm installed {name} {got}, wanted {version}")
         (staging / "installed.json").write_text(json.dumps(wanted))
+        if target.exists() and not (target / "installed.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # left half-done by an interrupted run
         try:
             staging.rename(target)
         except OSError:  # another run installed it meanwhile
@@ -91,7 +93,7 @@ class Declaration:
 
 
 @dataclass
-class TypeError_:
+class CompileError:
     where: str
     message: str
 
@@ -124,7 +126,7 @@ class TypeCheck:
             lines.extend(f"const {d.name}: {d.type} = {json.dumps(d.value, indent=1)};".splitlines())
         return "\n".join(lines) + "\n", starts
 
-    def run(self) -> list[TypeError_]:
+    def run(self) -> list[CompileError]:
         """Compile; every compiler error, attributed to the declaration it falls in."""
         text, starts = self.source()
         work = Path(tempfile.mkdtemp(prefix="check-", dir=self.installed))
@@ -147,9 +149,9 @@ class TypeCheck:
             m = re.match(r"(?:.*[/\\])?(\w+)\.ts\((\d+),\d+\): error (TS\d+: .*)", line)
             if m and m[1] == "check":
                 owner = max((s for s in starts if s[0] <= int(m[2])), key=lambda s: s[0], default=None)
-                errors.append(TypeError_(owner[1].where if owner else "imports", m[3]))
+                errors.append(CompileError(owner[1].where if owner else "imports", m[3]))
             elif m:  # an error in a helper file: reported as such, never dropped
-                errors.append(TypeError_(f"{m[1]}.ts line {m[2]}", m[3]))
+                errors.append(CompileError(f"{m[1]}.ts line {m[2]}", m[3]))
             elif line.startswith(" ") and errors:  # a message's continuation lines
                 errors[-1].message += "\n" + line
             elif line.strip():
