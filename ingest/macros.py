@@ -23,6 +23,7 @@ ingest/variables.py.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -445,6 +446,8 @@ def _expand(work: str, r: QueryRange, depth: int) -> str:
 
 def expand(sql: str, query_range: QueryRange) -> str:
     """The SQL the plugin sends to ClickHouse for this raw SQL and range (macropro.Interpolate)."""
+    # A lone surrogate (possible from a JSON \ud800 escape) reaches Go as U+FFFD: Go's JSON decoder replaces it.
+    sql = re.sub("[\ud800-\udfff]", "\ufffd", sql)
     if PREFIX not in sql:
         return sql  # sent untouched, comments included
     work = strip_comments(sql)

@@ -288,3 +288,8 @@ def test_query_range_rejects_naive_reversed_or_negative_values():
     with pytest.raises(ValueError):
         QueryRange(FROM, TO, interval=timedelta(seconds=-1))
 
+
+
+def test_a_lone_surrogate_is_blanked_as_the_replacement_character_go_decodes_it_to():
+    # Go's JSON decoder turns the query's "\ud800" into U+FFFD, three bytes, so its comment is three spaces.
+    assert expand("$__fromTime --\ud800", R) == f"toDateTime({F})" + " " * 6
