@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
     panels.add_argument("--dashboard", help="dashboard JSON to read (default: the product dashboard, "
                                             "grafana/dashboards/product-analytics.json)")
+    panels.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="select a value of the dashboard's template variable NAME instead of its saved one; "
+                             "repeat for several values of a multi-value variable ($__all for All)")
     from . import demo  # demo traffic takes its options from argv, not the environment
     demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
                                            description=demo.__doc__, formatter_class=defaults))
@@ -106,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "panels":
         from . import panels as panels_command
 
+        chosen: dict[str, list[str]] = {}
+        for item in args.var:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                parser.error(f"--var takes NAME=VALUE, not {item!r}")
+            chosen.setdefault(name, []).append(value)
         try:
-            return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout)
+            return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout, chosen)
         except (panels_command.PanelsError, panels_command.DashboardError, StartupError) as exc:
             print(f"ingest panels: {exc}", file=sys.stderr)
             return 1

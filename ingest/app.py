@@ -17,6 +17,7 @@ from . import access
 from .buffer import Buffer, BufferFull
 from .config import Settings
 from .dashboard import RANGES, load_dashboard, query_range, results_to_json, run_panels
+from .variables import VariableError, dashboard_variables, describe
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
@@ -189,10 +190,20 @@ async def get_panels(request: web.Request) -> web.Response:
     name = request.query.get("range", "1h")
     if name not in RANGES:
         return _error(400, "bad_range", f"range must be one of {', '.join(RANGES)}, got {name[:20]!r}")
+    chosen: dict[str, list[str]] = {}
+    for item in request.query.getall("var", []):
+        var_name, _, value = item.partition("=")
+        chosen.setdefault(var_name, []).append(value)
+    dashboard = request.app[DASHBOARD]
+    try:
+        variables = dashboard_variables(dashboard, chosen)
+    except VariableError as exc:
+        return _error(400, "bad_variable", str(exc)[:300])
     qrange = query_range(name)
     sink = request.app[PIPELINE].sink
-    results = await asyncio.to_thread(run_panels, request.app[DASHBOARD], qrange, sink.query)
-    return _json({**results_to_json(results, qrange), "storage": request.app[SETTINGS].storage_owner})
+    results = await asyncio.to_thread(run_panels, dashboard, qrange, sink.query, variables)
+    return _json({**results_to_json(results, qrange, describe(variables)),
+                  "storage": request.app[SETTINGS].storage_owner})
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .macros import QueryRange, expand
+from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
+from .variables import Variable, VariableError, substitute
 
 CLICKHOUSE_UID = "clickhouse"
 DASHBOARD_FILE = "product-analytics.json"
@@ -94,12 +95,22 @@ class PanelResult:
 Runner = Callable[[str], tuple[list[str], list[tuple]]]
 
 
-def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> list[PanelResult]:
-    """Expand and run every ClickHouse panel; one failing panel does not hide the others."""
+def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
+               variables: dict[str, Variable] | None = None) -> list[PanelResult]:
+    """Substitute the template variables (as Grafana's frontend does), expand the macros (as the plugin's backend
+    does) and run every ClickHouse panel; one failing panel does not hide the others."""
     results = []
     for panel in panel_queries(dashboard):
         try:
-            columns, rows = run(expand(panel.raw_sql, qrange))
+            sql = expand(substitute(panel.raw_sql, variables or {}), qrange)
+        except VariableError as exc:  # Grafana's frontend would send other SQL than this command can make
+            results.append(PanelResult(panel, [], [], f"template variables: {exc}"))
+            continue
+        except MacroError as exc:  # the plugin refuses the query before ClickHouse sees it
+            results.append(PanelResult(panel, [], [], SQLDS_ERROR_PREFIX + str(exc)))
+            continue
+        try:
+            columns, rows = run(sql)
             results.append(PanelResult(panel, columns, rows))
         except Exception as exc:  # noqa: BLE001 - shown in place of the panel, as Grafana does
             results.append(PanelResult(panel, [], [], str(exc).strip().splitlines()[0][:300]))
@@ -126,17 +137,19 @@ def _uncell(value: Any) -> Any:
     return value
 
 
-def results_to_json(results: list[PanelResult], qrange: QueryRange) -> dict[str, Any]:
-    """Panel results as JSON-ready data (times tagged, so they come back as datetimes)."""
-    return {"from": qrange.start.isoformat(), "to": qrange.end.isoformat(),
+def results_to_json(results: list[PanelResult], qrange: QueryRange, variables: list[str]) -> dict[str, Any]:
+    """Panel results as JSON-ready data (times tagged, so they come back as datetimes), with the note of the
+    template variables substituted."""
+    return {"from": qrange.start.isoformat(), "to": qrange.end.isoformat(), "variables": variables,
             "panels": [{"id": r.panel.id, "title": r.panel.title, "type": r.panel.type, "format": r.panel.format,
                         "columns": r.columns, "rows": [[_cell(v) for v in row] for row in r.rows],
                         "error": r.error} for r in results]}
 
 
-def results_from_json(body: dict[str, Any]) -> tuple[list[PanelResult], QueryRange]:
+def results_from_json(body: dict[str, Any]) -> tuple[list[PanelResult], QueryRange, list[str]]:
     """The inverse of results_to_json (the panel SQL is not sent back: the text view does not need it)."""
     results = [PanelResult(PanelQuery(p["id"], p["title"], p["type"], p["format"], ""), p["columns"],
                            [tuple(_uncell(v) for v in row) for row in p["rows"]], p["error"])
                for p in body["panels"]]
-    return results, QueryRange(datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"]))
+    qrange = QueryRange(datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"]))
+    return results, qrange, body.get("variables", [])

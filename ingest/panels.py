@@ -1,7 +1,9 @@
 """`python -m ingest panels`: the product dashboard in a terminal — Grafana's panel SQL, expanded and run here.
 
-The SQL is read from the dashboard JSON (the one place it lives) and expanded with the plugin's macros
-(ingest/dashboard.py, ingest/macros.py), so what this prints is what Grafana's panels show for the same range.
+The SQL is read from the dashboard JSON (the one place it lives), its template variables substituted as Grafana's
+frontend does (ingest/variables.py: the saved selection, or --var) and its macros expanded as the plugin's backend
+does (ingest/macros.py), so what this prints is what Grafana's panels show for the same range and selection; the
+frame says which variables it substituted.
 Where it runs: on a ClickHouse server directly; on the embedded engine directly, or, while a service holds that
 data directory (one process per directory), through the service's `GET /panels`, which runs the same SQL.
 """
@@ -12,6 +14,7 @@ import json
 import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +24,7 @@ from typing import Any, TextIO
 from .dashboard import (DashboardError, PanelResult, load_dashboard, query_range, results_from_json,
                         run_panels)
 from .macros import QueryRange
+from .variables import Variable, VariableError, dashboard_variables, describe
 
 REFRESH_SECONDS = 5.0  # the dashboard's refresh
 WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal
@@ -41,17 +45,19 @@ class Frame:
     results: list[PanelResult]
     qrange: QueryRange
     source: str
+    variables: list[str]  # what was substituted, and how
 
 
 class Direct:
     """Runs the panel SQL on ClickHouse through this process's own client."""
 
-    def __init__(self, settings, dashboard: dict[str, Any]) -> None:
+    def __init__(self, settings, dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> None:
         import clickhouse_connect
 
         from .sink import reason
 
         self.dashboard = dashboard
+        self.variables = _variables(dashboard, chosen)
         self.label = _label(settings)
         try:
             self.client = clickhouse_connect.get_client(dsn=settings.clickhouse_url,
@@ -65,7 +71,8 @@ class Direct:
             return list(result.column_names), result.result_rows
 
         qrange = query_range(range_name)
-        return Frame(run_panels(self.dashboard, qrange, run), qrange, self.label)
+        return Frame(run_panels(self.dashboard, qrange, run, self.variables), qrange, self.label,
+                     describe(self.variables))
 
     def close(self) -> None:
         self.client.close()
@@ -74,8 +81,10 @@ class Direct:
 class ViaService:
     """Asks the running service (GET /panels), which holds the embedded data directory, to run the panel SQL."""
 
-    def __init__(self, settings, url: str) -> None:
+    def __init__(self, settings, url: str, chosen: dict[str, list[str]]) -> None:
         self.url = url.rstrip("/")
+        self.query = urllib.parse.urlencode([("var", f"{name}={value}") for name, values in chosen.items()
+                                             for value in values])
         self.owner = settings.storage_owner
         self.label = _label(settings, via=self.url)
 
@@ -83,7 +92,7 @@ class ViaService:
         from .sink import reason
 
         try:
-            with urllib.request.urlopen(f"{self.url}/panels?range={range_name}", timeout=30) as resp:
+            with urllib.request.urlopen(f"{self.url}/panels?range={range_name}&{self.query}", timeout=30) as resp:
                 body = json.load(resp)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
@@ -94,19 +103,28 @@ class ViaService:
             raise PanelsError(f"the service at {self.url} stores into {body.get('storage')}, not {self.owner}: "
                               "run panels with the service's CLICKHOUSE_URL and CLICKHOUSE_DATABASE, or set "
                               "INGEST_PORT to the port of the service that holds this data")
-        results, qrange = results_from_json(body)
-        return Frame(results, qrange, self.label)
+        results, qrange, variables = results_from_json(body)
+        return Frame(results, qrange, self.label, variables)
 
     def close(self) -> None:
         pass
 
 
-def open_source(settings, dashboard: dict[str, Any], service_url: str | None = None) -> Direct | ViaService:
+def _variables(dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> dict[str, Variable]:
+    try:
+        return dashboard_variables(dashboard, chosen)
+    except VariableError as exc:
+        raise PanelsError(f"template variables: {exc}") from None
+
+
+def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]] | None = None,
+                service_url: str | None = None) -> Direct | ViaService:
     """Direct access where this process may open the storage; else the service that holds the embedded data."""
     from .sink import data_holder
 
+    chosen = chosen or {}
     if not settings.clickhouse_url.startswith("chdb://"):
-        return Direct(settings, dashboard)
+        return Direct(settings, dashboard, chosen)
     path = Path(settings.clickhouse_url.removeprefix("chdb://"))
     if not (path / "metadata").is_dir():
         # Never create an empty data directory where the user happens to be: say which one was looked for.
@@ -114,8 +132,9 @@ def open_source(settings, dashboard: dict[str, Any], service_url: str | None = N
                           "the service runs in, or set CLICKHOUSE_URL to its data")
     if data_holder(path) is not None or service_url:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        return ViaService(settings, service_url or f"http://{host}:{settings.port}")
-    return Direct(settings, dashboard)
+        _variables(dashboard, chosen)  # a bad --var is said here, before the service is asked
+        return ViaService(settings, service_url or f"http://{host}:{settings.port}", chosen)
+    return Direct(settings, dashboard, chosen)
 
 
 # --- text rendering ----------------------------------------------------------------------------------------------
@@ -229,7 +248,8 @@ _RENDER = {"Active users": _active_users, "Signup funnel": _funnel, "Top feature
 def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
     """The four panels as at most `height` lines of at most `width` characters; says what it cut."""
     q = frame.qrange
-    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC", f"  {frame.source}", ""]
+    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC", f"  {frame.source}",
+             *(f"  {line}" for line in frame.variables), ""]
     for r in frame.results:
         if r.error:
             lines += [r.panel.title, f"  query failed: {r.error}"]
@@ -247,10 +267,11 @@ def _generic(r: PanelResult) -> list[str]:
 
 
 def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO,
-         service_url: str | None = None) -> int:
-    """Print the dashboard once, or every 5 s with --watch until Ctrl-C. Raises PanelsError or DashboardError."""
+         chosen: dict[str, list[str]] | None = None, service_url: str | None = None) -> int:
+    """Print the dashboard once, or every 5 s with --watch until Ctrl-C (`chosen`: variable values from --var).
+    Raises PanelsError or DashboardError."""
     dashboard = load_dashboard(Path(dashboard_file) if dashboard_file else None)
-    source = open_source(settings, dashboard, service_url)
+    source = open_source(settings, dashboard, chosen, service_url)
     clear = watch and out.isatty()  # screen-clearing codes only for a terminal; a pipe gets frames one after another
     try:
         while True:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import clickhouse_connect
 import pytest
+import yaml
 
 from ingest.sink import ddl_files, statements
 
@@ -122,6 +123,18 @@ def test_grafana_is_readonly_but_may_set_what_the_plugin_sends():
     assert profile.findtext("readonly") == "1"
     constraint = profile.find("constraints/max_execution_time")
     assert constraint is not None and constraint.find("changeable_in_readonly") is not None
+
+
+def test_grafanas_time_limit_is_what_the_plugin_sends_for_the_datasources_query_timeout():
+    # The plugin's queryTimeout becomes the query's deadline (sqlds), and clickhouse-go v2.47.0 sends
+    # max_execution_time = int(seconds left + 5): at most queryTimeout + 5, and a second less in practice.
+    sources = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text())
+    (clickhouse,) = [d for d in sources["datasources"] if d["type"] == "grafana-clickhouse-datasource"]
+    sent_at_most = int(clickhouse["jsonData"]["queryTimeout"]) + 5
+    profile = profiles()[users()["grafana"].findtext("profile")]
+    constraint = profile.find("constraints/max_execution_time")
+    assert int(profile.findtext("max_execution_time")) == sent_at_most == 65
+    assert int(constraint.findtext("min")) <= sent_at_most - 1 and int(constraint.findtext("max")) == sent_at_most
 
 
 def test_ingest_may_set_per_insert_settings():

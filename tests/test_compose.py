@@ -233,6 +233,10 @@ def test_grafana_gets_what_its_provisioning_reads():
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == stack_env()["GRAFANA_ADMIN_PASSWORD"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # Alert notifications link back into Grafana with its root URL.
+    assert env["GF_SERVER_ROOT_URL"] == env_example()["GRAFANA_ROOT_URL"] == "http://localhost:3000"
+    moved = environment("grafana", stack_env(GRAFANA_ROOT_URL="https://grafana.example.com/"))
+    assert moved["GF_SERVER_ROOT_URL"] == "https://grafana.example.com/"
     # Grafana never needs another ClickHouse user's password.
     assert not {"CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD"} & set(env)
 

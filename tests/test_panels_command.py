@@ -44,11 +44,26 @@ def test_panels_prints_the_four_panels_in_an_80_by_24_frame(ch, settings, range_
     assert " 1. export " in text
     assert "max 50.0%" in text                       # the minute with 1 error among 2 events
     assert "query failed" not in text and "\033" not in text
+    assert "\n  Template variables: none in the dashboard, nothing substituted.\n" in text
     # Every sparkline comes with its scale: lowest, highest, minutes per mark, the span it covers.
     assert text.count("  min ") == 2 and ("1 mark = 1 min" if range_name == "1h" else "1 mark = max of") in text
     if range_name == "24h":
         assert "signup" not in text.split("Signup funnel")[1].split("\n\n")[0].lower().split("conversion")[1]
         assert " 1 " in text.split("Signup funnel")[1].split("Top features")[0]  # the start 20 h ago
+
+
+def test_a_query_the_plugin_refuses_shows_the_plugins_message_and_never_reaches_clickhouse():
+    from ingest import dashboard as dash
+
+    board = dash.load_dashboard()
+    board["panels"][0]["targets"][0]["rawSql"] = "SELECT $__timeGroup(timestamp) AS time, 1 AS n FROM events"
+    ran = []
+    qrange = dash.query_range("1h", datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+    results = dash.run_panels(board, qrange, lambda sql: ran.append(sql) or (["x"], []))
+    (refused,) = [r for r in results if r.error]
+    assert refused.error == ("Could not apply macros: macro $__timeGroup(timestamp): unexpected number of arguments: "
+                             "$__timeGroup expected 2 argument(s), received 1")
+    assert len(ran) == len(results) - 1
 
 
 def test_panels_subcommand_rejects_ranges_the_picker_does_not_offer(capsys):

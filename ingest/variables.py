@@ -1,0 +1,168 @@
+"""Dashboard template variables, substituted into panel SQL as Grafana's frontend does before the plugin's backend
+expands macros (ingest/macros.py). The backend never sees a template variable, so alert rules cannot use them.
+
+Read in grafana-clickhouse-datasource 4.20.0, src/data/CHDatasource.ts `applyTemplateVariables`:
+1. `$__conditionalAll(condition, $var)` becomes `condition`, or `1=1` where the variable's value is empty or All
+   (`applyConditionalAll`: arguments split at commas outside parentheses, quotes not considered; the last call
+   first; the text replaced is the first occurrence of the call's exact text).
+2. Grafana's template service replaces `$var`, `${var}` and `[[var]]` (names Grafana does not know stay as they
+   are) and hands each value to the plugin's `format`: several values become `'a','b'` (joined by `','`, nothing
+   escaped); a single value goes in as it is, so SQL quotes it itself (`'$device_type'`). All means every option's
+   value, or the variable's custom all value inserted as it is.
+
+Not emulated, refused with a message instead of running other SQL than Grafana would: explicit formats
+(`${var:csv}`), field paths (`${var.x}`), ad hoc filter variables, and Grafana's built-in variables (`$__from`,
+`$__interval`, ...), whose values come from the dashboard page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ALL = "$__all"
+# Grafana's variable syntax (its template service): $name, [[name]] or [[name:format]], ${name}, ${name.path:format}.
+VARIABLE = re.compile(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^}]+))?(?::([^}]+))?\}", re.ASCII)
+# Built-in variables Grafana's frontend sets from the page (time picker, panel width, user): not known here.
+BUILTINS = frozenset({"__from", "__to", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms",
+                      "__rate_interval", "__rate_interval_ms", "__timezone", "__dashboard", "__org", "__user",
+                      "__url_time_range", "__all_variables"})
+CONDITIONAL_ALL = "$__conditionalAll("
+
+
+class VariableError(ValueError):
+    """A variable use or value this command cannot substitute as Grafana would."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    value: str | tuple[str, ...]  # one value, or the values of a multi-value selection
+    options: tuple[str, ...] = ()  # every option's value: what All stands for
+    all_value: str | None = None  # the variable's custom all value
+    source: str = "saved in the dashboard"
+
+    @property
+    def is_all(self) -> bool:
+        return self.value == ALL or (isinstance(self.value, tuple) and self.value[:1] == (ALL,))
+
+    def as_text(self) -> str:
+        """current.value.toString(), which $__conditionalAll tests."""
+        return ",".join(self.value) if isinstance(self.value, tuple) else self.value
+
+    def rendered(self) -> str:
+        """What $name becomes."""
+        if self.is_all and self.all_value is not None:
+            return self.all_value  # inserted as it is, never formatted
+        if self.is_all and not self.options:
+            raise VariableError(f"${self.name} is All, but its options are not saved in the dashboard (a query "
+                                "variable loads them in the browser): choose values with --var")
+        value: str | tuple[str, ...] = self.options if self.is_all else self.value
+        return "'" + "','".join(value) + "'" if isinstance(value, tuple) else value
+
+    def describe(self) -> str:
+        try:
+            rendered = self.rendered()
+        except VariableError as exc:
+            return f"${self.name}: {exc}"
+        if self.is_all:
+            how = "All: the custom all value, as it is" if self.all_value is not None else "All: every option, quoted"
+        elif isinstance(self.value, tuple):
+            how = "several values: quoted, comma-separated"
+        else:
+            how = "one value: as it is, the SQL quotes it"
+        return f"${self.name} -> {rendered}  ({self.source}; {how})"
+
+
+def _values(raw: Any) -> str | tuple[str, ...]:
+    return tuple(str(v) for v in raw) if isinstance(raw, list) else str(raw)
+
+
+def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str]] | None = None) -> dict[str, Variable]:
+    """The dashboard's variables at their saved selection (`current`), with command-line values taking precedence."""
+    found: dict[str, Variable] = {}
+    for spec in dashboard.get("templating", {}).get("list", []):
+        if spec.get("type") == "adhoc":
+            raise VariableError(f"ad hoc filter variable ${spec['name']}: Grafana adds its filters to every query; "
+                                "the panels command does not emulate that")
+        options = tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
+        found[spec["name"]] = Variable(spec["name"], _values(spec.get("current", {}).get("value", "")), options,
+                                       spec.get("allValue") or None)
+    for name, values in (overrides or {}).items():
+        if name not in found:
+            raise VariableError(f"--var {name}: the dashboard has no variable {name} "
+                                f"(it has: {', '.join(sorted(found)) or 'none'})")
+        spec = next(s for s in dashboard["templating"]["list"] if s["name"] == name)
+        if len(values) > 1 and not spec.get("multi"):
+            raise VariableError(f"--var {name}: {name} takes one value, not {len(values)}")
+        value = values[0] if len(values) == 1 and not spec.get("multi") else tuple(values)
+        found[name] = Variable(name, value, found[name].options, found[name].all_value, "--var")
+    return found
+
+
+def _macro_args(sql: str, paren: int) -> list[str]:
+    """The plugin's getMacroArgs: split at commas at depth 1, untrimmed; [] when the call never closes."""
+    args, depth, start = [], 0, paren + 1
+    for i in range(paren, len(sql)):
+        c = sql[i]
+        if c not in "(),":
+            continue
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "," and depth == 1:
+            args.append(sql[start:i])
+            start = i + 1
+        if depth == 0:
+            args.append(sql[start:i])
+            return args
+    return []
+
+
+def _replace_first(text: str, old: str, new: str) -> str:
+    """JavaScript's text.replace(old, new) for a string `old`: the first occurrence, `$$ $& $\\` $'` in `new` read."""
+    at = text.find(old)
+    if at < 0:
+        return text
+    specials = {"$$": "$", "$&": old, "$`": text[:at], "$'": text[at + len(old):]}
+    new = re.sub(r"\$[$&`']", lambda m: specials[m[0]], new)
+    return text[:at] + new + text[at + len(old):]
+
+
+def apply_conditional_all(sql: str, variables: dict[str, Variable]) -> str:
+    at = sql.rfind(CONDITIONAL_ALL)
+    while at >= 0:
+        params = _macro_args(sql, at + len(CONDITIONAL_ALL) - 1)
+        if len(params) != 2:
+            return sql  # the plugin gives up on the rest as well
+        phrase = params[0]
+        named = re.search(r"(?<=\$\{)\w+(?=\})|(?<=\$)\w+", params[1].strip(), re.ASCII)
+        if named and named[0] in variables and variables[named[0]].as_text() in ("", ALL):
+            phrase = "1=1"
+        sql = _replace_first(sql, f"{CONDITIONAL_ALL}{params[0]},{params[1]})", phrase)
+        at = sql.rfind(CONDITIONAL_ALL)
+    return sql
+
+
+def substitute(sql: str, variables: dict[str, Variable]) -> str:
+    """Panel SQL after Grafana's frontend: what the plugin's backend receives."""
+    def replace(m: re.Match) -> str:
+        name, fmt, path = m[1] or m[2] or m[4], m[3] or m[6], m[5]
+        if name in BUILTINS:
+            raise VariableError(f"{m[0]}: Grafana's built-in variable, set by the dashboard page; "
+                                "the panels command cannot know its value")
+        if name not in variables:
+            return m[0]  # Grafana leaves names it does not know as they are
+        if fmt or path:
+            raise VariableError(f"{m[0]}: explicit formats and field paths are not emulated")
+        return variables[name].rendered()
+
+    return VARIABLE.sub(replace, apply_conditional_all(sql, variables))
+
+
+def describe(variables: dict[str, Variable]) -> list[str]:
+    """What substitute() does with this dashboard's variables, for the command's output."""
+    if not variables:
+        return ["Template variables: none in the dashboard, nothing substituted."]
+    return ["Template variables, substituted before the macros as Grafana's frontend does:",
+            *(f"  {v.describe()}" for v in variables.values()),
+            "  $__conditionalAll(condition, $var) -> the condition, or 1=1 where $var is All or empty"]

@@ -1,0 +1,119 @@
+"""Template variables reach panel SQL as Grafana's frontend puts them there (grafana-clickhouse-datasource 4.20.0,
+src/data/CHDatasource.ts applyTemplateVariables: $__conditionalAll first, then the template service with the
+plugin's format), and `python -m ingest panels` says what it substituted."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ingest import panels
+from ingest.sink import Sink
+from ingest.variables import Variable, VariableError, dashboard_variables, substitute
+
+DEVICE = {"name": "device_type", "type": "custom", "multi": False, "includeAll": True, "allValue": "",
+          "current": {"value": "mobile"},
+          "options": [{"value": "$__all"}, {"value": "desktop"}, {"value": "mobile"}, {"value": "tablet"}]}
+COUNTRY = {"name": "country_code", "type": "custom", "multi": True, "includeAll": True, "allValue": "",
+           "current": {"value": ["DE", "FR"]},
+           "options": [{"value": "$__all"}, {"value": "DE"}, {"value": "FR"}, {"value": "US"}]}
+
+
+def variables(*specs: dict, **chosen: list[str]) -> dict[str, Variable]:
+    return dashboard_variables({"templating": {"list": list(specs)}}, chosen)
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("device_type = '$device_type'", "device_type = 'mobile'"),
+    ("device_type = '${device_type}' OR '[[device_type]]'", "device_type = 'mobile' OR 'mobile'"),
+    # several values: quoted by the plugin's format, joined by ','
+    ("country_code IN ($country_code)", "country_code IN ('DE','FR')"),
+    # names Grafana does not know, and the plugin's macros, stay for the backend
+    ("$__timeFilter(timestamp) AND $undefined AND ${other}", "$__timeFilter(timestamp) AND $undefined AND ${other}"),
+    ("$device_typeX", "$device_typeX"),
+])
+def test_variables_take_the_dashboards_saved_selection(sql, expected):
+    assert substitute(sql, variables(DEVICE, COUNTRY)) == expected
+
+
+def test_all_is_every_option_or_the_custom_all_value_as_it_is():
+    assert substitute("IN ($country_code)", variables(COUNTRY, country_code=["$__all"])) == "IN ('DE','FR','US')"
+    assert substitute("IN ($device_type)", variables({**DEVICE, "current": {"value": ["$__all"]}})) == (
+        "IN ('desktop','mobile','tablet')")
+    custom_all = {**COUNTRY, "allValue": "country_code", "current": {"value": ["$__all"]}}
+    assert substitute("country_code IN ($country_code)", variables(custom_all)) == "country_code IN (country_code)"
+    query_variable = {**COUNTRY, "type": "query", "options": [], "current": {"value": ["$__all"]}}
+    with pytest.raises(VariableError, match="options are not saved"):
+        substitute("$country_code", variables(query_variable))
+
+
+@pytest.mark.parametrize("chosen, expected", [
+    ({}, "WHERE device_type IN (mobile) AND (country_code IN ('DE','FR'))"),
+    ({"device_type": ["$__all"]}, "WHERE 1=1 AND (country_code IN ('DE','FR'))"),
+    ({"device_type": [""], "country_code": ["$__all"]}, "WHERE 1=1 AND (1=1)"),
+])
+def test_conditional_all_keeps_the_condition_unless_the_variable_is_all_or_empty(chosen, expected):
+    sql = ("WHERE $__conditionalAll(device_type IN ($device_type), $device_type) "
+           "AND ($__conditionalAll(country_code IN ($country_code),${country_code}))")
+    assert substitute(sql, variables(DEVICE, COUNTRY, **chosen)) == expected
+
+
+def test_conditional_all_splits_as_the_plugin_does():
+    # Commas inside quotes split too: three arguments, and the plugin leaves this and every earlier call alone.
+    sql = "$__conditionalAll(a = 'x', $device_type) AND $__conditionalAll(b = 'p,q', $device_type)"
+    every = "'desktop','mobile','tablet'"
+    assert substitute(sql, variables({**DEVICE, "current": {"value": "$__all"}})) == (
+        f"$__conditionalAll(a = 'x', {every}) AND $__conditionalAll(b = 'p,q', {every})")
+    # The replacement is JavaScript's string replace, which reads $$ in the condition as one $.
+    assert substitute("$__conditionalAll(price = '$$', $device_type)", variables(DEVICE)) == "price = '$'"
+
+
+@pytest.mark.parametrize("sql", ["${device_type:csv}", "[[device_type:raw]]", "${device_type.text}",
+                                 "$__interval", "${__from}", "$__to"])
+def test_what_is_not_emulated_is_refused_not_guessed(sql):
+    with pytest.raises(VariableError):
+        substitute(sql, variables(DEVICE))
+
+
+def test_choices_must_fit_the_dashboards_variables():
+    with pytest.raises(VariableError, match="no variable region"):
+        variables(DEVICE, region=["eu"])
+    with pytest.raises(VariableError, match="takes one value"):
+        variables(DEVICE, device_type=["mobile", "desktop"])
+    assert variables(COUNTRY, country_code=["US"])["country_code"].value == ("US",)
+    with pytest.raises(VariableError, match="ad hoc"):
+        variables({"name": "filters", "type": "adhoc"})
+
+
+def test_the_panels_command_says_which_variables_it_substitutes_and_runs_the_result(ch, settings, tmp_path):
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    now = datetime.now(timezone.utc) - timedelta(minutes=1)
+    people = [("mobile", "DE"), ("mobile", "FR"), ("mobile", "US"), ("desktop", "DE"), ("tablet", "FR")]
+    ch.insert("events", [("page_view", now, f"s{i}", None, device, country, "{}")
+                         for i, (device, country) in enumerate(people)],
+              column_names=["event_name", "timestamp", "session_id", "user_id", "device_type", "country_code",
+                            "properties"])
+    sql = ("SELECT event_name AS feature, count() AS users FROM events WHERE $__timeFilter(timestamp) "
+           "AND $__conditionalAll(device_type = '$device_type', $device_type) AND country_code IN ($country_code) "
+           "GROUP BY feature")
+    dashboard = {"templating": {"list": [DEVICE, COUNTRY]}, "panels": [
+        {"id": 1, "type": "bargauge", "title": "Views", "gridPos": {"x": 0, "y": 0},
+         "targets": [{"refId": "A", "datasource": {"uid": "clickhouse"}, "rawSql": sql, "format": 1}]}]}
+    path = tmp_path / "dashboard.json"
+    path.write_text(__import__("json").dumps(dashboard))
+
+    def views(**chosen: list[str]) -> tuple[str, str]:
+        out = io.StringIO()
+        assert panels.main(settings, "1h", False, str(path), out, chosen) == 0
+        text = out.getvalue()
+        return text, text.split("\nViews\n", 1)[1]
+
+    text, shown = views()  # the saved selection: mobile, DE and FR
+    assert "$device_type -> mobile  (saved in the dashboard; one value" in text
+    assert "$country_code -> 'DE','FR'  (saved in the dashboard; several values" in text
+    assert "page_view" in shown and shown.rstrip().endswith(" 2")
+    text, shown = views(device_type=["$__all"], country_code=["US", "FR"])
+    assert "$country_code -> 'US','FR'  (--var;" in text
+    assert shown.rstrip().endswith(" 3")  # mobile US, mobile FR, tablet FR
