@@ -107,6 +107,15 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise too_large from None
     except DecodeError as exc:
         raise RequestError(400, "bad_gzip", f"body could not be decoded as {encoding}: {exc}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        # The client went away mid-body (ConnectionResetError), or its connection was closed before this handler
+        # began (aiohttp then says RuntimeError "Connection closed."; the connection limit does that to a request
+        # whose headers had just arrived). Nobody will read an answer: no error log, no traceback.
+        if isinstance(exc, RuntimeError) and request.protocol.connected:
+            raise
+        request[_CLOSE_NOW] = True
+        raise RequestError(408, "body_incomplete", "the connection closed before the request body arrived; "
+                           "nothing stored") from None
     finally:
         connections.busy(request.transport)
     return b"".join(chunks)

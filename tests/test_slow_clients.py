@@ -204,6 +204,18 @@ def test_a_beacon_on_a_slow_link_is_not_cut_off(tmp_path):
         assert (status, answer["accepted"]) == (202, 60), answer
 
 
+def test_a_client_that_hangs_up_mid_body_is_not_logged_as_an_error(tmp_path):
+    # Phones lose signal, tabs close: that is no fault of the service, so no traceback and no 500 in the metrics.
+    with service(tmp_path) as svc:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
+                sock.sendall(_head(1000) + b'[{"event_name": "page_view"')
+                time.sleep(0.2)
+        assert _post(svc.url, _body(1))[0] == 202
+        assert "Traceback" not in svc.log_text(), svc.log_text()[-3000:]
+        assert not svc.metric("ingest_http_requests_total", route="/events", status="500") > 0
+
+
 # --- headers and idle connections --------------------------------------------------------------------------------
 
 def test_headers_still_trickling_at_the_header_deadline_are_cut_off(tmp_path):
@@ -360,6 +372,7 @@ def test_many_stalled_uploads_are_closed_within_the_deadline_and_normal_clients_
         log = svc.log_text()
     assert log.count("connection limit reached") == 1, log[-3000:]
     assert "out of system resource" not in log and "cannot accept connections" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_when_open_files_run_out_first_it_is_logged_once_and_normal_clients_still_get_in(tmp_path):
@@ -383,4 +396,4 @@ def test_when_open_files_run_out_first_it_is_logged_once_and_normal_clients_stil
               f"{answered_in:.2f} s")
         log = svc.log_text()
     assert log.count("cannot accept connections") == 1, log[-3000:]
-    assert "out of system resource" not in log, log[-3000:]
+    assert "out of system resource" not in log and "Traceback" not in log, log[-3000:]
