@@ -31,7 +31,7 @@ ACCEPT_CALM_SECONDS = 5.0
 class _Tracked(asyncio.Protocol):
     """One connection: forwards every protocol call to the HTTP server's protocol, and tells Connections its state."""
 
-    __slots__ = ("inner", "owner", "transport", "state", "timer", "expire", "made")
+    __slots__ = ("inner", "owner", "transport", "state", "timer", "expire", "made", "answered")
 
     def __init__(self, inner: asyncio.Protocol, owner: "Connections") -> None:
         self.inner, self.owner = inner, owner
@@ -40,6 +40,7 @@ class _Tracked(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.expire: Callable[[], None] | None = None
         self.made = False
+        self.answered = False  # it has had a request answered (idle then means keep-alive, not a silent client)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -70,8 +71,9 @@ class _Tracked(asyncio.Protocol):
 class Connections:
     """The service's open connections: a limit, deadlines for slow requests, and who gives way when it is reached.
 
-    `refused(reason)` is called for every slow client refused: "header_timeout", or "evicted" (closed while
-    sending a request, to let a new connection in); body timeouts are counted where the body is read.
+    `refused(reason)` is called for every slow client refused: "header_timeout", or "evicted" (closed before its
+    request was answered, to let a new connection in; a keep-alive connection between requests is closed for room
+    uncounted); body timeouts are counted where the body is read.
     `turned_away()` is called for a new connection closed at once because every open one was being answered.
     """
 
@@ -115,6 +117,7 @@ class Connections:
         conn = self._open.get(transport)
         if conn is not None:
             self._set(conn, IDLE)
+            conn.answered = True
 
     # --- bookkeeping ---
 
@@ -144,7 +147,7 @@ class Connections:
         """Called as a connection is made: make room if the limit is reached, or refuse it if nothing can give way."""
         if self._accept_failures and time.monotonic() - self._last_accept_failure > ACCEPT_CALM_SECONDS:
             log.info("accepting connections again (%d accept(s) had failed for want of open files); "
-                        "connection limit now %d", self._accept_failures, self.limit)
+                     "connection limit now %d", self._accept_failures, self.limit)
             self._accept_failures = 0
         if len(self._open) >= self.limit:
             if not self._at_limit:
@@ -172,9 +175,9 @@ class Connections:
                 self._refused("evicted")
                 conn.expire()  # answers 408 and closes, as a body timeout does
             else:
-                if conn.state is HEAD:
+                if conn.state is HEAD or not conn.answered:  # still on its first request (maybe silent so far)
                     self._refused("evicted")
-                conn.transport.close()  # an idle keep-alive connection: the client reconnects when it needs to
+                conn.transport.close()  # a keep-alive connection between requests: the client reconnects
             return True
         return False
 

@@ -353,9 +353,9 @@ def test_many_stalled_uploads_are_closed_within_the_deadline_and_normal_clients_
         assert len(closed) == SLOW, f"{SLOW - len(closed)} stalled connections still open after {took:.1f} s"
         seconds = sorted(s for s, _ in closed.values())
         median, worst = seconds[len(seconds) // 2], seconds[-1]
-        # Counted from when the client sent the head: the service needs a second or so to accept and read 1,100
-        # heads, and only then does each one's deadline start.
-        assert worst < body_timeout + 3, worst
+        # Counted from when the client sent the head: a head can wait in the listen queue for seconds while the
+        # service (on the same 2 cores as this test) accepts and reads 1,100 of them; its deadline starts after.
+        assert median < body_timeout + 1 and worst < body_timeout + 5, (median, worst)
         answers = [data for _, data in closed.values() if data]
         assert all(_status_and_json(d)[0] == 408 and _status_and_json(d)[1]["error"] == "body_timeout"
                    for d in answers)
