@@ -241,10 +241,11 @@ def connection_limit(wanted: int, backlog: int) -> int:
     """How many connections may be open at once: `wanted`, or fewer if the open-files limit is lower.
 
     Raises the soft open-files limit towards the hard one first (as Go's runtime does). The files open now (the
-    storage engine, the log), the listen backlog (sockets accepted before the limit is checked) and a margin for
-    files opened later stay outside the connections' share.
+    storage engine, the log), two listen backlogs and a margin for files opened later stay outside the connections'
+    share: asyncio accepts up to a backlog of sockets at a time before any is counted, and a connection closed for
+    room while its body is read keeps its socket until its handler has answered, by when the next batch may be in.
     """
-    reserve = open_files() + backlog + 128
+    reserve = open_files() + 2 * backlog + 128
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + reserve
     if soft != resource.RLIM_INFINITY and soft < need:
