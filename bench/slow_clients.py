@@ -1,12 +1,12 @@
 """Slow clients: stalled uploads against the service held to a container's usual open-files limit.
 
-`--connections` clients each send a POST /events head and then trickle its body, a byte a second, for `--seconds`;
-meanwhile one normal client posts a one-event body every 0.25 s. The service runs as `python -m ingest serve` with
+`--connections` clients (`--rate` a second) each send a POST /events head and then trickle its body, a byte a second,
+for `--seconds`; meanwhile one normal client posts a one-event body every 0.25 s. The service runs as `python -m ingest serve` with
 its default settings (deadlines included) unless told otherwise, limited to `--open-files` open files. Prints when
 the service closed the stalled connections and what the normal client saw. Issue 15 measured main this way: 1,000
 stalled uploads all still open after 60 s, and with 1,100 every normal POST failed for the whole 60 s.
 
-    .venv/bin/python bench/slow_clients.py [--connections 1100] [--open-files 1024] [--seconds 60]
+    .venv/bin/python bench/slow_clients.py [--connections 1100] [--rate 500] [--open-files 1024] [--seconds 60]
                                            [--env INGEST_BODY_TIMEOUT_SECONDS=30 ...]
 """
 
@@ -28,21 +28,25 @@ HEAD = (b"POST /events HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/jso
         b"Content-Length: 100000\r\n\r\n[")
 
 
-def stalled_uploads(port: int, count: int, seconds: float) -> tuple[dict, int]:
-    """Open `count` uploads and trickle them for `seconds`; per connection, seconds from its head to its closing."""
+def stalled_uploads(port: int, count: int, rate: float, seconds: float) -> tuple[dict, int]:
+    """Open `count` uploads, `rate` a second, and trickle them for `seconds`; per connection, seconds from its head to
+    its closing. (All at once would overflow the listen queue, and the kernel would drop some before the service
+    sees them.)"""
     sel = selectors.DefaultSelector()
     head_sent: dict[socket.socket, float] = {}
     closed: dict[socket.socket, float] = {}
     answers: dict[socket.socket, bytes] = {}
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        sel.register(sock, selectors.EVENT_WRITE)
-    end = time.monotonic() + seconds
-    next_byte = time.monotonic() + 1
+    opened, started = 0, time.monotonic()
+    end = started + seconds
+    next_byte = started + 1
     while time.monotonic() < end:
-        for key, events in sel.select(0.1):
+        while opened < count and opened < (time.monotonic() - started) * rate:
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            sel.register(sock, selectors.EVENT_WRITE)
+            opened += 1
+        for key, events in sel.select(0.01):
             sock = key.fileobj
             if sock not in head_sent:
                 head_sent[sock] = time.monotonic()
@@ -95,6 +99,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=1100)
     parser.add_argument("--open-files", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--rate", type=float, default=500, help="stalled connections opened per second")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     parser.add_argument("--show-log", action="store_true", help="print the service's log")
     args = parser.parse_args()
@@ -109,7 +114,7 @@ def main() -> int:
             stop, seen = threading.Event(), []
             client = threading.Thread(target=normal_client, args=(svc.url, stop, seen), daemon=True)
             client.start()
-            result, still_open = stalled_uploads(svc.port, args.connections, args.seconds)
+            result, still_open = stalled_uploads(svc.port, args.connections, args.rate, args.seconds)
             stop.set()
             client.join(10)
             text = http(f"{svc.url}/metrics")[1].decode()
@@ -118,7 +123,8 @@ def main() -> int:
             print(log)
     closes = sorted(result["closed"].values())
     ok = [t for status, t in seen if status == 202]
-    print_table(f"{args.connections} stalled uploads, {args.seconds:g} s, service limited to {args.open_files} files "
+    print_table(f"{args.connections} stalled uploads ({args.rate:g}/s), {args.seconds:g} s, service limited to "
+                f"{args.open_files} files "
                 f"({' '.join(args.env) or 'default settings'})", [
         ("connection limit (ingest_connections_limit)", int(metric(text, "ingest_connections_limit"))),
         ("stalled connections that got through connect", result["connected"]),
