@@ -97,7 +97,8 @@ def cpu_seconds(pid: int) -> float:
 class Service:
     """`python -m ingest serve` as a subprocess on its own embedded data dir and port; always stopped on exit."""
 
-    def __init__(self, data_dir: str, port: int, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: str, port: int, extra_env: dict[str, str] | None = None,
+                 open_files: int | None = None) -> None:
         self.data_dir, self.port = data_dir, port
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CLICKHOUSE_URL": f"chdb://{data_dir}", "CLICKHOUSE_DATABASE": "analytics",
@@ -105,8 +106,13 @@ class Service:
                **(extra_env or {})}
         self.log_path = Path(data_dir).with_suffix(".log")
         self._log = open(self.log_path, "wb")
+        def limit_files() -> None:  # as a container's `ulimit -n` would (soft and hard)
+            if open_files is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], cwd=REPO, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit_files)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -45,16 +45,58 @@ def listen(settings: Settings) -> socket.socket:
 
 def serve(settings: Settings) -> None:
     """Run the HTTP service until SIGINT/SIGTERM; shutdown flushes the buffer before exit."""
+    import asyncio
+    from contextlib import suppress
+
     from aiohttp import web
 
-    from .app import create_app
+    from .app import CONNECTIONS, LISTEN_BACKLOG, TrackedSite, create_app, quiet_accept_failures
+    from .connections import connection_limit, open_files_limit
 
-    sock = listen(settings)
+    log = logging.getLogger("ingest")
+    sock = listen(settings)  # before anything is opened: a busy port is said first, in one line
     app = create_app(settings)
     tune_gc()
-    # run_app turns SIGINT and SIGTERM into a graceful shutdown that runs the cleanup contexts.
-    web.run_app(app, sock=sock, access_log=None, shutdown_timeout=5,
-                print=lambda msg: logging.getLogger("ingest").info(msg.strip()))
+
+    async def run() -> None:
+        # What web.run_app does, with a site that tracks connections (limit, header deadline, eviction).
+        # SIGINT and SIGTERM become a graceful shutdown that runs the cleanup contexts (the buffer's flush).
+        # keepalive_timeout closes an idle connection; aiohttp's timer also ends a request head still unfinished
+        # by then, and INGEST_HEADER_TIMEOUT_SECONDS (Connections) ends it sooner.
+        runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=5,
+                               keepalive_timeout=settings.keepalive_timeout_seconds)
+        await runner.setup()  # opens storage: the files it holds count against the limit computed next
+        try:
+            connections = app[CONNECTIONS]
+            connections.limit = connection_limit(settings.max_connections, LISTEN_BACKLOG)
+            quiet_accept_failures(asyncio.get_running_loop(), connections)
+            site = TrackedSite(runner, settings.host, settings.port, connections, backlog=LISTEN_BACKLOG, sock=sock)
+            await site.start()
+            log.info("listening on %s: at most %d connections (open-files limit %s)", site.name, connections.limit,
+                     open_files_limit() or "unlimited")
+            while True:
+                await asyncio.sleep(3600)
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main_task = loop.create_task(run())
+    try:
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main_task.done():
+            main_task.cancel()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main_task)
+        leftover = asyncio.all_tasks(loop)  # e.g. handlers of connections still lingering
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def main(argv: list[str] | None = None) -> int:

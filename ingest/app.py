@@ -18,6 +18,7 @@ from .buffer import Buffer, BufferFull
 from .config import Settings
 from .dashboard import RANGES, load_dashboard, query_range, results_to_json, run_panels
 from .variables import VariableError, dashboard_variables, describe
+from .connections import ACCEPT_FAILED, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
@@ -37,6 +38,12 @@ METRICS = web.AppKey("metrics", Metrics)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 VALIDATOR = web.AppKey("validator", EventValidator)
 DASHBOARD = web.AppKey("dashboard", dict)
+CONNECTIONS = web.AppKey("connections", Connections)
+# Connections asyncio accepts at once before any is counted (the listen backlog): they need files beyond the limit.
+LISTEN_BACKLOG = 128
+# A request marked so is answered and its connection closed at once, without aiohttp's lingering read of the rest
+# of its body (up to 10 s, holding the socket): for a client too slow to send it.
+_CLOSE_NOW = "ingest.close_now"
 
 
 class RequestError(Exception):
@@ -56,7 +63,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The request body (gzip decoded); stops reading as soon as it exceeds the limit."""
+    """The request body (gzip decoded); stops reading as soon as it exceeds the limit or the body deadline passes."""
     if request.content_type not in _ACCEPTED_TYPES:
         raise RequestError(415, "unsupported_media_type",
                            f"Content-Type must be application/json or text/plain, got {request.content_type!r}")
@@ -75,17 +82,48 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     # inflated whole. The raw size is capped too, or empty compressed blocks could stream in forever.
     decoder = BodyDecoder(encoding, limit)
     chunks, raw = [], 0
+    # One deadline for the whole body, counted from its headers: a total, not a gap between chunks, so a client
+    # trickling a byte now and then holds its connection no longer than one that sends nothing.
+    timeout = request.app[SETTINGS].body_timeout_seconds
+    connections, evicted = request.app[CONNECTIONS], False
     try:
-        async for chunk in request.content.iter_chunked(65536):
-            raw += len(chunk)
-            if raw > limit:
-                raise too_large
-            chunks.append(decoder.feed(chunk))
+        async with asyncio.timeout(timeout) as deadline:
+            def expire() -> None:  # the connection limit is reached and this one has been slow the longest
+                nonlocal evicted
+                if not deadline.expired():
+                    evicted = True
+                    deadline.reschedule(asyncio.get_running_loop().time())
+
+            connections.receiving(request.transport, expire)
+            async for chunk in request.content.iter_chunked(65536):
+                raw += len(chunk)
+                if raw > limit:
+                    raise too_large
+                chunks.append(decoder.feed(chunk))
         decoder.finish()
+    except TimeoutError:
+        request[_CLOSE_NOW] = True
+        if evicted:  # counted as evicted where it was chosen
+            raise RequestError(408, "body_timeout", "the connection limit was reached and this request's body was "
+                               "still arriving; nothing stored, send it again") from None
+        request.app[METRICS].slow_clients_refused.labels("body_timeout").inc()
+        raise RequestError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s of its "
+                           "headers; nothing stored") from None
     except TooLarge:
         raise too_large from None
     except DecodeError as exc:
         raise RequestError(400, "bad_gzip", f"body could not be decoded as {encoding}: {exc}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        # The client went away mid-body (ConnectionResetError), or its connection was closed before this handler
+        # began (aiohttp then says RuntimeError "Connection closed."; the connection limit does that to a request
+        # whose headers had just arrived). Nobody will read an answer: no error log, no traceback.
+        if isinstance(exc, RuntimeError) and request.protocol.connected:
+            raise
+        request[_CLOSE_NOW] = True
+        raise RequestError(408, "body_incomplete", "the connection closed before the request body arrived; "
+                           "nothing stored") from None
+    finally:
+        connections.busy(request.transport)
     return b"".join(chunks)
 
 
@@ -208,6 +246,9 @@ async def get_panels(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
+    connections = request.app[CONNECTIONS]
+    metrics.connections_open.set(len(connections))
+    metrics.connections_limit.set(connections.limit)
     pipeline = request.app[PIPELINE]
     if pipeline.wal is not None:
         metrics.wal_bytes.set(await asyncio.to_thread(pipeline.wal.disk_bytes))
@@ -224,8 +265,13 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 @web.middleware
 async def json_errors_and_counts(request: web.Request, handler) -> web.StreamResponse:
-    """Count every answer by route and status, and answer aiohttp's own errors (404, 405...) in JSON too."""
+    """Count every answer by route and status, and answer aiohttp's own errors (404, 405...) in JSON too.
+
+    Outermost, so it also tells the connection tracker when a request is being answered and when it is done.
+    """
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    connections = request.app[CONNECTIONS]
+    connections.busy(request.transport)  # its headers are in: no longer slow
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -237,6 +283,15 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
         log.exception("unhandled error answering %s %s", request.method, request.path)
         response = _error(500, "internal_error", "the service failed to answer this request; it is logged")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    if request.get(_CLOSE_NOW):
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client is gone already
+        request.protocol.force_close()  # the answer is written; closing flushes it, then frees the socket
+    else:
+        connections.idle(request.transport)
     return response
 
 
@@ -283,6 +338,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[VALIDATOR] = EventValidator()
+    metrics = app[METRICS]
+    app[CONNECTIONS] = Connections(settings.max_connections, settings.header_timeout_seconds,
+                                   refused=lambda reason: metrics.slow_clients_refused.labels(reason).inc(),
+                                   turned_away=metrics.connections_refused.inc, burst=LISTEN_BACKLOG)
     app.cleanup_ctx.append(_pipeline_ctx)
     app.router.add_post("/events", post_events)
     app.router.add_route("OPTIONS", "/events", access.preflight_handler(settings))
@@ -295,3 +354,36 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
     return app
+
+
+class TrackedSite(web.BaseSite):
+    """A TCP site whose connections go through the app's Connections: a limit, header deadlines, eviction."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, connections: Connections, backlog: int,
+                 sock=None) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._connections, self._sock = host, port, connections, sock
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        factory = self._connections.protocol_factory(self._runner.server)
+        if self._sock is not None:  # bound before start-up, so a busy port failed first
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
+
+
+def quiet_accept_failures(loop: asyncio.AbstractEventLoop, connections: Connections) -> None:
+    """Route asyncio's "out of files" accept errors (one a second while they last) to Connections, which logs once."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if context.get("message") == ACCEPT_FAILED and connections.accept_failed(context.get("exception")):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)

@@ -46,6 +46,15 @@ class Settings:
     write_keys: tuple[str, ...] = field(default=(), repr=False)
     # Empty: no CORS headers and no origin checks; `*` allows any origin.
     cors_origins: tuple[str, ...] = ()
+    # Slow clients (docs/api.md "Slow clients"). A request's headers must arrive within header_timeout_seconds of its
+    # first byte, and its whole body within body_timeout_seconds of its headers (a total, not an idle gap: a client
+    # trickling a byte now and then cannot hold a connection longer). An idle connection closes after
+    # keepalive_timeout_seconds. At most max_connections are open at once (fewer if the open-files limit is lower);
+    # past it the oldest slow or idle connection is closed to let a new one in.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 15.0
+    max_connections: int = 4096
 
     def __post_init__(self) -> None:
         if not _DATABASE_NAME.match(self.clickhouse_database):
@@ -58,7 +67,8 @@ class Settings:
                 f"CLICKHOUSE_URL must start with chdb://, http:// or https:// (got {_redact(self.clickhouse_url)!r})"
             )
         for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
-                     "retry_max_seconds"):
+                     "retry_max_seconds", "header_timeout_seconds", "body_timeout_seconds",
+                     "keepalive_timeout_seconds", "max_connections"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{_ENV[name]} must be positive")
@@ -126,6 +136,10 @@ _ENV = {
     "log_level": "INGEST_LOG_LEVEL",
     "write_keys": "INGEST_WRITE_KEYS",
     "cors_origins": "INGEST_CORS_ORIGINS",
+    "header_timeout_seconds": "INGEST_HEADER_TIMEOUT_SECONDS",
+    "body_timeout_seconds": "INGEST_BODY_TIMEOUT_SECONDS",
+    "keepalive_timeout_seconds": "INGEST_KEEPALIVE_TIMEOUT_SECONDS",
+    "max_connections": "INGEST_MAX_CONNECTIONS",
 }
 ENV_VARS = tuple(_ENV.values())
 
@@ -146,6 +160,10 @@ _HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "write_keys": "comma-separated keys POST /events requires (empty: none)",
     "cors_origins": "comma-separated origins whose pages may post events, or *",
+    "header_timeout_seconds": "a request's headers must arrive within this of its first byte",
+    "body_timeout_seconds": "a request's body must arrive within this of its headers, or 408",
+    "keepalive_timeout_seconds": "an idle connection is closed after this",
+    "max_connections": "most connections open at once (fewer if the open-files limit is lower)",
 }
 
 

@@ -7,7 +7,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .sink import FAILURE_KINDS
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "SLOW_CLIENT_REASONS"]
+
+SLOW_CLIENT_REASONS = ("header_timeout", "body_timeout", "evicted")
 
 
 class Metrics:
@@ -52,6 +54,21 @@ class Metrics:
         self.last_flush_success = Gauge(
             "ingest_last_flush_success_timestamp_seconds", "Unix time of the last successful batch insert.",
             registry=r)
+        self.slow_clients_refused = Counter(
+            "ingest_slow_clients_refused",
+            "Requests cut off for being slow, by reason: header_timeout, body_timeout (answered 408), evicted "
+            "(closed mid-request at the connection limit to let a new connection in).", ["reason"], registry=r)
+        for reason in SLOW_CLIENT_REASONS:
+            self.slow_clients_refused.labels(reason)
+        self.connections_refused = Counter(
+            "ingest_connections_refused",
+            "New connections closed at once because the connection limit was reached and every open connection "
+            "was being answered.", registry=r)
+        self.connections_open = Gauge(
+            "ingest_connections_open", "Open client connections.", registry=r)
+        self.connections_limit = Gauge(
+            "ingest_connections_limit", "Most client connections open at once (INGEST_MAX_CONNECTIONS, or fewer if "
+            "the open-files limit is lower).", registry=r)
         self.storage_up = Gauge(
             "ingest_storage_up", "1 if the last contact with ClickHouse succeeded, else 0.", registry=r)
 

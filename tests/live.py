@@ -1,9 +1,12 @@
-"""The real app on a real 127.0.0.1 port, run in a background thread: for clients that cannot share the test's loop."""
+"""The real app on a real 127.0.0.1 port, run in a background thread: for clients that cannot share the test's loop.
+And a slow link to put between such a client and the service."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -39,3 +42,55 @@ def serving(app: web.Application) -> Iterator[str]:
     """Serve app on one port until the block ends (its shutdown flush included); yields the base URL."""
     with serving_on(app, 1) as [url]:
         yield url
+
+
+class SlowLink:
+    """A TCP relay on 127.0.0.1 that passes client bytes on at `bytes_per_second` (answers go back at full speed):
+    a slow but steady uplink, such as a phone's, between a real client and the service."""
+
+    def __init__(self, target_port: int, bytes_per_second: int) -> None:
+        self.target_port, self.rate = target_port, bytes_per_second
+        self.uploads: list[tuple[int, float]] = []  # (bytes, seconds) of each connection's upload so far
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+
+    def _up(self, client, upstream) -> None:
+        index, sent, started = len(self.uploads), 0, time.monotonic()
+        self.uploads.append((0, 0.0))
+        try:
+            while chunk := client.recv(1024):
+                for i in range(0, len(chunk), 256):  # 256-byte steps, each at its time on the slow link
+                    piece = chunk[i:i + 256]
+                    time.sleep(max(0.0, started + (sent + len(piece)) / self.rate - time.monotonic()))
+                    upstream.sendall(piece)
+                    sent += len(piece)
+                    self.uploads[index] = (sent, time.monotonic() - started)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _down(upstream, client) -> None:
+        try:
+            while chunk := upstream.recv(65536):
+                client.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()

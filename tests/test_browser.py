@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from ingest.app import create_app
 
-from .live import serving, serving_on
+from .live import SlowLink, serving, serving_on
 from .support import count, require_tool
 
 KEY = "browser-write-key-7d1e"
@@ -102,3 +103,53 @@ def test_a_browser_page_on_an_allowed_origin_sends_with_fetch_and_beacon_and_oth
             stored = {r[0] for r in ch.query("SELECT session_id FROM events").result_rows}
             assert stored == {f"fetch-{allowed_port}", f"beacon-{allowed_port}"}
             assert count(ch, f"session_id LIKE '%-{disallowed_port}'") == 0
+
+
+# The page sends `cfg.n` events in one navigator.sendBeacon (text/plain, as browsers send it), then keeps itself
+# alive with a slow fetch of its own origin while the beacon crawls through the slow link.
+BEACON_PAGE = """<!doctype html><html><body><pre id="result">pending</pre><script>
+const cfg = JSON.parse(new URLSearchParams(location.search).get("cfg"));
+async function main() {
+  const events = [];
+  for (let i = 0; i < cfg.n; i++) {
+    events.push({event_name: "page_view", timestamp: new Date(Date.now() - 1000).toISOString(),
+                 session_id: "slow-beacon-" + i, user_id: null, device_type: "mobile", country_code: "ZZ",
+                 properties: {pad: "x".repeat(cfg.pad)}});
+  }
+  const body = JSON.stringify(events);
+  const queued = navigator.sendBeacon(cfg.ingest + "/events", body);
+  await fetch("/wait?seconds=" + cfg.wait);
+  document.getElementById("result").textContent = JSON.stringify({queued: queued, bytes: body.length});
+}
+main();
+</script></body></html>"""
+
+
+async def _beacon_page(request: web.Request) -> web.Response:
+    return web.Response(text=BEACON_PAGE, content_type="text/html")
+
+
+async def _wait(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query["seconds"]))
+    return web.Response(text="ok")
+
+
+def test_a_beacon_on_a_slow_uplink_arrives_whole_within_the_body_deadline(settings, ch, tmp_path):
+    # 40 KB through a 16 KB/s uplink take 2.5 s; the body deadline is 4 s: slow, steady, and accepted.
+    require_tool("chromium")
+    page_app = web.Application()
+    page_app.router.add_get("/page.html", _beacon_page)
+    page_app.router.add_get("/wait", _wait)
+    with serving_on(page_app, 1) as [page], serving(create_app(
+            dataclasses.replace(settings, body_timeout_seconds=4.0))) as ingest:
+        link = SlowLink(int(ingest.rsplit(":", 1)[1]), bytes_per_second=16_000)
+        try:
+            cfg = json.dumps({"ingest": f"http://127.0.0.1:{link.port}", "n": 40, "pad": 900, "wait": 6})
+            seen = _chromium(f"{page}/page.html?cfg={requests.utils.quote(cfg)}", tmp_path / "profile")
+            assert seen["queued"] is True and 38_000 < seen["bytes"] < 64 * 1024, seen
+            _wait_for(lambda: count(ch) == 40)
+            assert _requests_answered(ingest, 202) == 1 and _requests_answered(ingest, 408) == 0
+            [(sent, seconds)] = [u for u in link.uploads if u[0] > seen["bytes"]]
+            assert 2.0 < seconds < 4.0, seconds  # it really was slow, and it was not cut off
+        finally:
+            link.close()

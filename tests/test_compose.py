@@ -357,3 +357,15 @@ def test_promtool_accepts_the_prometheus_config():
 def test_gitignore_keeps_secrets_data_and_virtualenvs_out(path, ignored):
     result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
     assert result.returncode == (0 if ignored else 1), path
+
+
+def test_ingest_may_open_a_file_for_every_connection_it_allows():
+    """The connection limit is only the service's if the container's open-files limit holds it and what else the
+    service keeps open (ingest lowers its limit to fit, and says so, where it does not)."""
+    from ingest.app import LISTEN_BACKLOG
+
+    nofile = services()["ingest"]["ulimits"]["nofile"]
+    assert nofile["hard"] >= nofile["soft"]
+    # What connection_limit keeps beside the connections: two backlogs, a margin of 128, and what is open at start
+    # (about 60 files on the embedded engine; 200 here).
+    assert nofile["soft"] >= Settings().max_connections + 2 * LISTEN_BACKLOG + 128 + 200

@@ -19,6 +19,16 @@ def test_unset_variables_keep_the_documented_defaults():
     assert (s.flush_events, s.flush_interval_seconds) == (1000, 2.0)
 
 
+def test_slow_client_deadlines_and_the_connection_limit_have_defaults_and_can_be_set():
+    s = Settings.from_env({})
+    assert (s.header_timeout_seconds, s.body_timeout_seconds, s.keepalive_timeout_seconds) == (10.0, 30.0, 15.0)
+    assert s.max_connections == 4096
+    s = Settings.from_env({"INGEST_HEADER_TIMEOUT_SECONDS": "0.5", "INGEST_BODY_TIMEOUT_SECONDS": "2.5",
+                           "INGEST_KEEPALIVE_TIMEOUT_SECONDS": "1", "INGEST_MAX_CONNECTIONS": "100"})
+    assert (s.header_timeout_seconds, s.body_timeout_seconds, s.keepalive_timeout_seconds) == (0.5, 2.5, 1.0)
+    assert s.max_connections == 100
+
+
 def test_set_variables_are_parsed_to_their_types():
     s = Settings.from_env({"INGEST_PORT": "8080", "INGEST_FLUSH_INTERVAL_SECONDS": "0.5",
                            "CLICKHOUSE_URL": "http://ingest:pw@ch:8123", "CLICKHOUSE_DATABASE": "prod_events"})
@@ -41,6 +51,11 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
     ({"INGEST_BUFFER_MAX_EVENTS": "10"}, "INGEST_BUFFER_MAX_EVENTS"),
     ({"INGEST_FLUSH_INTERVAL_SECONDS": "inf"}, "INGEST_FLUSH_INTERVAL_SECONDS"),
     ({"INGEST_RETRY_MAX_SECONDS": "nan"}, "INGEST_RETRY_MAX_SECONDS"),
+    ({"INGEST_BODY_TIMEOUT_SECONDS": "0"}, "INGEST_BODY_TIMEOUT_SECONDS"),
+    ({"INGEST_HEADER_TIMEOUT_SECONDS": "inf"}, "INGEST_HEADER_TIMEOUT_SECONDS"),
+    ({"INGEST_KEEPALIVE_TIMEOUT_SECONDS": "-1"}, "INGEST_KEEPALIVE_TIMEOUT_SECONDS"),
+    ({"INGEST_MAX_CONNECTIONS": "0"}, "INGEST_MAX_CONNECTIONS"),
+    ({"INGEST_MAX_CONNECTIONS": "many"}, "INGEST_MAX_CONNECTIONS"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ConfigError, match=message):
