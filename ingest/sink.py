@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import clickhouse_connect
+import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError, OperationalError
 
 from .errors import StartupError, path_problem
-from .schema import COLUMN_TYPES, COLUMNS, Row
+from .schema import COLUMNS, Row
 
 log = logging.getLogger(__name__)
 TABLE = "events"
@@ -95,6 +96,29 @@ def failure_kind(exc: BaseException) -> str:
     if isinstance(exc, (OperationalError, OSError, TimeoutError)):
         return "unreachable"
     return "other"
+
+
+# Rows go to ClickHouse as one JSON document of columns, encoded by orjson (C) and parsed by the engine (C++):
+# ~0.12 µs of the interpreter lock per row, where clickhouse-connect's Native encoder, written in Python, held it
+# for ~1.4 µs and competed with the event loop that answers requests. The column names are explicit; the types are
+# the table's (no DESCRIBE, nothing inferred).
+INSERT_FORMAT = "JSONCompactColumns"
+INSERT_SETTINGS = {
+    # A retried batch (same token) must be dropped by the rollups the views feed, not only by events; the rollup
+    # tables carry a deduplication window for it.
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+
+
+def encode_columns(rows: list[Row]) -> bytes:
+    """The rows as the JSONCompactColumns document [[event_name...], [timestamp...], ...].
+
+    Timestamps travel as seconds with three decimals: the engine reads an integer into DateTime64(3) as seconds,
+    and repr of ms / 1000 is exactly those digits (a double's shortest round-trip form of a 13-digit decimal).
+    """
+    columns = list(zip(*rows))
+    columns[1] = [ms / 1000 for ms in columns[1]]
+    return orjson.dumps(columns)
 
 
 def reason(exc: BaseException) -> str:
@@ -195,11 +219,6 @@ class Sink:
             if self.create_schema:
                 self.apply_schema()
             self._client = self._client_for(self.database)
-            self._insert_context = self._client.create_insert_context(
-                TABLE, column_names=list(COLUMNS), column_type_names=list(COLUMN_TYPES), column_oriented=True,
-                # A retried batch (same token) must be dropped by the rollups the views feed, not only by
-                # events; the rollup tables carry a deduplication window for it.
-                settings={"deduplicate_blocks_in_dependent_materialized_views": 1})
         return self._client
 
     def apply_schema(self) -> None:
@@ -233,13 +252,12 @@ class Sink:
 
     def insert(self, rows: list[Row], token: str) -> None:
         """Insert rows column-wise; the token lets the server drop a repeat of this same batch."""
+        block = encode_columns(rows)
         with self._lock:
             client = self._connect()
-            ctx = self._insert_context
-            ctx.data = list(zip(*rows))
-            ctx.settings["insert_deduplication_token"] = token
             try:
-                client.insert(context=ctx)
+                client.raw_insert(TABLE, COLUMNS, insert_block=block, fmt=INSERT_FORMAT,
+                                  settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
                 self._reachable = True
             except Exception:
                 # A failed call may leave the HTTP session in doubt; start clean next time.

@@ -94,3 +94,23 @@ async def test_a_full_buffer_answers_503_and_loses_nothing_it_accepted(make_clie
     resp = await client.post("/events", json=[event(session_id="late")])
     assert resp.status == 202
     await eventually(lambda: count(ch) == 21, timeout=5)
+
+
+def test_every_value_reaches_the_table_exactly_as_the_service_built_it(ch, settings):
+    """The insert encoding (JSON columns, parsed by the engine) keeps every millisecond, null and character."""
+    import time
+
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    now_ms = int(time.time() * 1000)
+    base = now_ms - now_ms % 1000
+    stamps = [base, base + 1, base + 999, base + 100, base - 89 * 86_400_000 + 7, now_ms + 3_599_999]
+    rows = [("page_view", ms, f"s{i}\"'\\\\", None if i % 2 else f"u\u00e9{i}", "mobile", "DE",
+             '{"path": "/a\\\\b\\"c", "nul": "\\u0000", "emoji": "\U0001F600", "n": 1.5e300}')
+            for i, ms in enumerate(stamps)]
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
+    sink.insert(rows, "exact-values")
+    stored = ch.query("SELECT event_name, toUnixTimestamp64Milli(timestamp), session_id, user_id, device_type, "
+                      "country_code, properties FROM events ORDER BY session_id").result_rows
+    # FixedString comes back as bytes from the client.
+    assert sorted((*r[:5], r[5].decode(), r[6]) for r in stored) == sorted(rows)
+    sink.close()
