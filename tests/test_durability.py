@@ -166,3 +166,19 @@ async def test_both_durability_modes_store_what_they_accept(make_client, ch, dur
     resp = await client.post("/events", json=[event(session_id=f"d{i}") for i in range(3)])
     assert resp.status == 202
     await eventually(lambda: count(ch) == 3)
+
+
+async def test_two_logs_never_give_two_batches_the_same_token(tmp_path):
+    """Several ingest processes insert into one server, each with its own log: their deduplication tokens must
+    differ even for the same log positions, or the server would drop one process's batch as another's repeat."""
+    first, second = WriteAheadLog(tmp_path / "a"), WriteAheadLog(tmp_path / "b")
+    first.recover()
+    second.recover()
+    assert await _append(first, rows(1, "a")) == await _append(second, rows(1, "b")) == 1
+    assert first.token(1, 1) != second.token(1, 1)
+    first.close()
+    second.close()
+    again = WriteAheadLog(tmp_path / "a")  # and each keeps its own id across restarts
+    again.recover()
+    assert again.token(1, 1) == first.token(1, 1)
+    again.close()
