@@ -140,15 +140,14 @@ def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]
 # --- text rendering ----------------------------------------------------------------------------------------------
 
 def _label(settings, via: str | None = None) -> str:
-    """Which data a frame shows, in one line of the frame's width (a long path loses its middle)."""
-    tail = f", via the service at {via}" if via else ""
+    """Which data a frame shows, a line of the frame's width (a long path loses its middle), and through what."""
     head = f"database {settings.clickhouse_database} in "
-    room = WIDTH - 2 - len(head) - len(tail)
+    room = WIDTH - 2 - len(head)
     where = settings.redacted_url
     if len(where) > room:
-        keep = max(room - 1, 10)
+        keep = room - 1
         where = where[:keep // 3] + "…" + where[-(keep - keep // 3):]
-    return head + where + tail
+    return head + where + (f"\nvia the service at {via} (it holds the embedded data)" if via else "")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -246,20 +245,33 @@ _RENDER = {"Active users": _active_users, "Signup funnel": _funnel, "Top feature
 
 
 def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
-    """The four panels as at most `height` lines of at most `width` characters; says what it cut."""
-    q = frame.qrange
-    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC", f"  {frame.source}",
-             *(f"  {line}" for line in frame.variables), ""]
-    for r in frame.results:
-        if r.error:
-            lines += [r.panel.title, f"  query failed: {r.error}"]
-        else:
-            lines += _RENDER.get(r.panel.title, _generic)(r)
-        lines.append("")
-    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines[:-1]]
+    """The four panels as at most `height` lines of at most `width` characters; says what it cut.
+
+    Where the frame would be too tall the funnel shows fewer hours first (it says how many it left out).
+    """
+    for funnel_hours in (3, 2, 1):
+        lines = _lines(frame, funnel_hours)
+        if len(lines) <= height:
+            break
+    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
     if len(lines) > height:
         lines = lines[:height - 1] + [f"… {len(lines) - height + 1} more lines not shown (a taller terminal shows them)"]
     return "\n".join(lines)
+
+
+def _lines(frame: Frame, funnel_hours: int) -> list[str]:
+    q = frame.qrange
+    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC",
+             *(f"  {line}" for line in frame.source.split("\n")), *(f"  {line}" for line in frame.variables), ""]
+    for r in frame.results:
+        if r.error:
+            lines += [r.panel.title, f"  query failed: {r.error}"]
+        elif r.panel.title == "Signup funnel":
+            lines += _funnel(r, funnel_hours)
+        else:
+            lines += _RENDER.get(r.panel.title, _generic)(r)
+        lines.append("")
+    return lines[:-1]
 
 
 def _generic(r: PanelResult) -> list[str]:

@@ -85,7 +85,7 @@ def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers
             time.sleep(0.1)
         beside = command(["panels"], tmp_path, **env, INGEST_PORT=str(service.port))
         assert beside.returncode == 0, beside.stderr
-        assert "via the service at" in beside.stdout, beside.stdout
+        assert "\n  via the service at http://127.0.0.1:" in beside.stdout, beside.stdout
         assert "Active users  12 sessions in the last 5 minutes" in beside.stdout
         assert service.post_events(1, "still-serving") == 1  # the service was not disturbed
     finally:
@@ -95,8 +95,9 @@ def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers
     assert "via the service" not in alone.stdout
     assert "Active users  13 sessions in the last 5 minutes" in alone.stdout
 
-    def panel_lines(text):  # the numbers, without the header (time and source) and the time-dependent marks
-        return [line for line in text.splitlines()[3:] if "min " not in line and not set(line.strip()) <= set(
+    def panel_lines(text):  # the numbers, without the header (time, source) and the time-dependent marks
+        body = text.split("\n\n", 1)[1]
+        return [line for line in body.splitlines() if "min " not in line and not set(line.strip()) <= set(
             panels._SPARK + " ")]
     assert panel_lines(beside.stdout.replace("12 sessions", "13 sessions")) == panel_lines(alone.stdout)
 
