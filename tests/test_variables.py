@@ -11,7 +11,7 @@ import pytest
 
 from ingest import panels
 from ingest.sink import Sink
-from ingest.variables import Variable, VariableError, dashboard_variables, substitute
+from ingest.variables import Variable, VariableError, dashboard_variables, describe, substitute
 
 DEVICE = {"name": "device_type", "type": "custom", "multi": False, "includeAll": True, "allValue": "",
           "current": {"value": "mobile"},
@@ -111,9 +111,41 @@ def test_the_panels_command_says_which_variables_it_substitutes_and_runs_the_res
         return text, text.split("\nViews\n", 1)[1]
 
     text, shown = views()  # the saved selection: mobile, DE and FR
-    assert "$device_type -> mobile  (saved in the dashboard; one value" in text
-    assert "$country_code -> 'DE','FR'  (saved in the dashboard; several values" in text
+    assert "\n  Filter: device_type mobile  (saved selection; SQL: mobile)\n" in text
+    assert "\n  Filter: country_code DE, FR  (saved selection; SQL: 'DE','FR')\n" in text
     assert "page_view" in shown and shown.rstrip().endswith(" 2")
     text, shown = views(device_type=["$__all"], country_code=["US", "FR"])
-    assert "$country_code -> 'US','FR'  (--var;" in text
+    assert "\n  Filter: device_type All  (command line; SQL: $__conditionalAll -> 1=1)\n" in text
+    assert "\n  Filter: country_code US, FR  (command line; SQL: 'US','FR')\n" in text
     assert shown.rstrip().endswith(" 3")  # mobile US, mobile FR, tablet FR
+
+
+def test_a_value_the_variable_does_not_offer_is_refused_with_the_values_it_offers():
+    with pytest.raises(VariableError) as refused:
+        variables(COUNTRY, country_code=["DE", "XX"])
+    assert str(refused.value) == "country_code has no value 'XX' (the values it offers: DE, FR, US)"
+    # Options a query loaded take the place of saved ones; All and the empty value are always accepted.
+    query_variable = {**COUNTRY, "type": "query", "options": []}
+    loaded = {"country_code": ("BR", "JP")}
+    with pytest.raises(VariableError, match=r"no value 'DE' \(the values it offers: BR, JP\)"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]}, loaded)
+    for value in ("JP", "$__all", ""):
+        chosen = dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": [value]}, loaded)
+        assert chosen["country_code"].value == (value,)
+    with pytest.raises(VariableError, match="its query returned no values at all"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]},
+                            {"country_code": ()})
+    many = tuple(f"C{i:02d}" for i in range(30))
+    with pytest.raises(VariableError, match=r"C00, C01, .*, C11, \.\.\. \(30 in all\)\)$"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]},
+                            {"country_code": many})
+
+
+def test_each_line_says_the_filter_its_source_and_what_the_sql_receives():
+    chosen = variables(DEVICE, COUNTRY, country_code=["$__all"])
+    assert describe(chosen) == [
+        "Filter: device_type mobile  (saved selection; SQL: mobile)",
+        "Filter: country_code All  (command line; SQL: $__conditionalAll -> 1=1)"]
+    assert describe(variables({**COUNTRY, "allValue": "country_code"}, country_code=["$__all"])) == [
+        "Filter: country_code All  (command line; SQL: $__conditionalAll -> 1=1, $country_code -> country_code)"]
+    assert describe({}) == ["Template variables: none in the dashboard, nothing substituted."]
