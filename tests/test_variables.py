@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ingest import panels
+from ingest.__main__ import main as cli
+from ingest.dashboard import load_dashboard, load_options, query_range
 from ingest.sink import Sink
 from ingest.variables import Variable, VariableError, dashboard_variables, describe, substitute
 
@@ -149,3 +151,66 @@ def test_each_line_says_the_filter_its_source_and_what_the_sql_receives():
     assert describe(variables({**COUNTRY, "allValue": "country_code"}, country_code=["$__all"])) == [
         "Filter: country_code All  (command line; SQL: $__conditionalAll -> 1=1, $country_code -> country_code)"]
     assert describe({}) == ["Template variables: none in the dashboard, nothing substituted."]
+
+
+def _dashboard_events(ch, settings, rows):
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    ch.insert("events", rows, column_names=["event_name", "timestamp", "session_id", "user_id", "device_type",
+                                             "country_code", "properties"])
+
+
+def test_the_product_dashboards_variables_offer_the_values_of_the_last_90_days_sorted(ch, settings):
+    now = datetime.now(timezone.utc)
+    kept = [("mobile", "JP", 0), ("desktop", "DE", 1), ("tablet", "BR", 45), ("desktop", "AR", 88)]
+    gone = [("other", "ZZ", 95), ("other", "NZ", 200)]  # older than the 90 days the tables keep
+    _dashboard_events(ch, settings, [("page_view", now - timedelta(days=days), f"s{i}", None, device, country, "{}")
+                                     for i, (device, country, days) in enumerate(kept + gone)])
+    dashboard = load_dashboard()
+
+    def run(sql):
+        result = ch.query(sql)
+        return list(result.column_names), result.result_rows
+    loaded = load_options(dashboard, query_range("1h"), run)
+    assert loaded == {"device_type": tuple(sorted({d for d, _, _ in kept})),
+                      "country_code": tuple(sorted({c for _, c, _ in kept}))}
+
+
+def test_panels_device_and_country_filter_every_panel_and_say_so(ch, settings, monkeypatch, capsys):
+    now = datetime.now(timezone.utc) - timedelta(seconds=30)
+    people = [("mobile", "DE"), ("mobile", "FR"), ("tablet", "DE"), ("tablet", "DE"), ("desktop", "DE"),
+              ("other", "US")]
+    _dashboard_events(ch, settings, [("page_view", now, f"s{i}", None, device, country, "{}")
+                                     for i, (device, country) in enumerate(people)])
+    monkeypatch.setenv("CLICKHOUSE_URL", settings.clickhouse_url)
+    monkeypatch.setenv("CLICKHOUSE_DATABASE", settings.clickhouse_database)
+
+    def panels_(*args: str) -> tuple[int, str, str]:
+        code = cli(["panels", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = panels_("--device", "mobile,tablet", "--country", "DE")
+    assert code == 0, err
+    assert "\n  Filter: device_type mobile, tablet  (command line; SQL: 'mobile','tablet')\n" in out
+    assert "\n  Filter: country_code DE  (command line; SQL: 'DE')\n" in out
+    assert "Active users  3 sessions in the last 5 minutes" in out  # mobile DE, tablet DE twice
+    code, out, err = panels_("--country", "DE,US")
+    assert code == 0, err
+    assert "\n  Filter: device_type All  (saved selection; SQL: $__conditionalAll -> 1=1)\n" in out
+    assert "Active users  5 sessions in the last 5 minutes" in out
+    code, out, err = panels_()
+    assert "Active users  6 sessions in the last 5 minutes" in out
+
+    for args, words in ((["--device", "phone"], "device_type has no value 'phone' (the values it offers: desktop, "
+                                                "mobile, other, tablet)"),
+                        (["--device", "mobile", "--country", "de"], "country_code has no value 'de' (the values it "
+                                                                    "offers: DE, FR, US)"),
+                        (["--var", "country_code=XX"], "country_code has no value 'XX'")):
+        code, out, err = panels_(*args)
+        assert code == 1 and not out
+        assert err.count("\n") == 1 and err.startswith("ingest panels: template variables: ") and words in err, err
+    for args in (["--device", "mobile", "--var", "device_type=tablet"], ["--country", "DE,,FR"]):
+        with pytest.raises(SystemExit) as usage:
+            cli(["panels", *args])
+        assert usage.value.code == 2
+        assert "--" in capsys.readouterr().err
