@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     panels.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="select a value of the dashboard's template variable NAME instead of its saved one; "
                              "repeat for several values of a multi-value variable ($__all for All)")
+    panels.add_argument("--device", metavar="TYPE[,TYPE...]",
+                        help="show these device types only: the same as --var device_type=TYPE for each "
+                             "(default: the dashboard's saved selection, All)")
+    panels.add_argument("--country", metavar="CODE[,CODE...]",
+                        help="show these countries only (ISO codes, e.g. DE,FR): the same as --var "
+                             "country_code=CODE for each (default: the dashboard's saved selection, All)")
     from . import demo  # demo traffic takes its options from argv, not the environment
     demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
                                            description=demo.__doc__, formatter_class=defaults))
@@ -157,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not name:
                 parser.error(f"--var takes NAME=VALUE, not {item!r}")
             chosen.setdefault(name, []).append(value)
+        for flag, name, given in (("--device", "device_type", args.device), ("--country", "country_code", args.country)):
+            if given is None:
+                continue
+            if name in chosen:
+                parser.error(f"{flag} and --var {name}=... both choose {name}: use one of them")
+            values = [v.strip() for v in given.split(",")]
+            if not all(values):
+                parser.error(f"{flag} takes values separated by commas, e.g. {flag} a,b; not {given!r}")
+            chosen[name] = values
         try:
             return panels_command.main(settings, args.range, args.watch, args.dashboard, sys.stdout, chosen)
         except (panels_command.PanelsError, panels_command.DashboardError, StartupError) as exc:

@@ -16,7 +16,7 @@ from aiohttp import web
 from . import access
 from .buffer import Buffer, BufferFull
 from .config import Settings
-from .dashboard import RANGES, load_dashboard, query_range, results_to_json, run_panels
+from .dashboard import RANGES, load_dashboard, load_options, query_range, results_to_json, run_panels
 from .variables import VariableError, dashboard_variables, describe
 from .connections import ACCEPT_FAILED, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
@@ -233,12 +233,14 @@ async def get_panels(request: web.Request) -> web.Response:
         var_name, _, value = item.partition("=")
         chosen.setdefault(var_name, []).append(value)
     dashboard = request.app[DASHBOARD]
-    try:
-        variables = dashboard_variables(dashboard, chosen)
-    except VariableError as exc:
-        return _error(400, "bad_variable", str(exc)[:300])
     qrange = query_range(name)
     sink = request.app[PIPELINE].sink
+    try:
+        # Query variables load their options from ClickHouse, as Grafana does when it opens the dashboard.
+        loaded = await asyncio.to_thread(load_options, dashboard, qrange, sink.query)
+        variables = dashboard_variables(dashboard, chosen, loaded)
+    except VariableError as exc:
+        return _error(400, "bad_variable", str(exc)[:500])
     results = await asyncio.to_thread(run_panels, dashboard, qrange, sink.query, variables)
     return _json({**results_to_json(results, qrange, describe(variables)),
                   "storage": request.app[SETTINGS].storage_owner})

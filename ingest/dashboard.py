@@ -95,6 +95,38 @@ class PanelResult:
 Runner = Callable[[str], tuple[list[str], list[tuple]]]
 
 
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> dict[str, tuple[str, ...]]:
+    """The options of the dashboard's query variables on the ClickHouse datasource, as Grafana loads them: the
+    plugin (4.20.0, src/data/CHVariableSupport.tsx) runs the query's `rawSql` (or a plain string query) through
+    its usual path (template variables, then macros) and takes the first column as each option's value.
+    VariableError says which variable's query failed, in one line."""
+    loaded: dict[str, tuple[str, ...]] = {}
+    for spec in dashboard.get("templating", {}).get("list", []):
+        if spec.get("type") != "query" or (spec.get("datasource") or {}).get("uid") != CLICKHOUSE_UID:
+            continue
+        query = spec.get("query")
+        sql = query if isinstance(query, str) else (query or {}).get("rawSql", "")
+        if not sql:
+            loaded[spec["name"]] = ()
+            continue
+        try:
+            _, rows = run(expand(substitute(sql, {}), qrange))
+        except (VariableError, MacroError) as exc:
+            raise VariableError(f"the query of ${spec['name']}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - one line, as a panel's error is shown
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise VariableError(f"the query of ${spec['name']} failed: {first}") from None
+        # Values reach Grafana as text (a FixedString comes back as bytes from the Python client).
+        loaded[spec["name"]] = tuple(_text(row[0]) for row in rows if row)
+    return loaded
+
+
 def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
                variables: dict[str, Variable] | None = None) -> list[PanelResult]:
     """Substitute the template variables (as Grafana's frontend does), expand the macros (as the plugin's backend

@@ -21,8 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .dashboard import (DashboardError, PanelResult, load_dashboard, query_range, results_from_json,
-                        run_panels)
+from .dashboard import (DashboardError, PanelResult, load_dashboard, load_options, query_range,
+                        results_from_json, run_panels)
 from .macros import QueryRange
 from .variables import Variable, VariableError, dashboard_variables, describe
 
@@ -57,7 +57,9 @@ class Direct:
         from .sink import reason
 
         self.dashboard = dashboard
-        self.variables = _variables(dashboard, chosen)
+        self.chosen = chosen
+        self.variables = _variables(dashboard, chosen)  # a bad --var is said before ClickHouse is asked
+        self.loaded = False
         self.label = _label(settings)
         try:
             self.client = clickhouse_connect.get_client(dsn=settings.clickhouse_url,
@@ -71,6 +73,13 @@ class Direct:
             return list(result.column_names), result.result_rows
 
         qrange = query_range(range_name)
+        if not self.loaded:  # query variables' options, loaded once, as Grafana does when it opens the dashboard
+            try:
+                self.variables = dashboard_variables(self.dashboard, self.chosen,
+                                                     load_options(self.dashboard, qrange, run))
+            except VariableError as exc:
+                raise PanelsError(f"template variables: {exc}") from None
+            self.loaded = True
         return Frame(run_panels(self.dashboard, qrange, run, self.variables), qrange, self.label,
                      describe(self.variables))
 
@@ -95,8 +104,14 @@ class ViaService:
             with urllib.request.urlopen(f"{self.url}/panels?range={range_name}&{self.query}", timeout=30) as resp:
                 body = json.load(resp)
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise PanelsError(f"the service at {self.url} answered {exc.code} to GET /panels: {detail}") from None
+            detail = exc.read().decode(errors="replace")[:600]
+            try:
+                answer = json.loads(detail)
+            except ValueError:
+                answer = {}
+            if exc.code == 400 and isinstance(answer, dict) and answer.get("error") == "bad_variable":
+                raise PanelsError(f"template variables: {answer.get('message')}") from None
+            raise PanelsError(f"the service at {self.url} answered {exc.code} to GET /panels: {detail[:300]}") from None
         except (OSError, ValueError) as exc:
             raise PanelsError(f"no service answers GET /panels at {self.url}: {reason(exc)}") from None
         if body.get("storage") != self.owner:

@@ -10,9 +10,14 @@ Read in grafana-clickhouse-datasource 4.20.0, src/data/CHDatasource.ts `applyTem
    escaped); a single value goes in as it is, so SQL quotes it itself (`'$device_type'`). All means every option's
    value, or the variable's custom all value inserted as it is.
 
+Query variables take their options from their query, as Grafana loads them (the plugin's variable support runs the
+query's `rawSql`; the first column is the value): ingest/dashboard.py `load_options` runs it, and a value the
+variable does not offer is refused, as Grafana's drop-down (with `allowCustomValue` false) offers none.
+
 Not emulated, refused with a message instead of running other SQL than Grafana would: explicit formats
 (`${var:csv}`), field paths (`${var.x}`), ad hoc filter variables, and Grafana's built-in variables (`$__from`,
-`$__interval`, ...), whose values come from the dashboard page.
+`$__interval`, ...), whose values come from the dashboard page. A variable's `regex` and `sort` are not applied
+(the product dashboard's queries sort their values themselves).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class Variable:
     value: str | tuple[str, ...]  # one value, or the values of a multi-value selection
     options: tuple[str, ...] = ()  # every option's value: what All stands for
     all_value: str | None = None  # the variable's custom all value
-    source: str = "saved in the dashboard"
+    source: str = "saved selection"
 
     @property
     def is_all(self) -> bool:
@@ -62,31 +67,41 @@ class Variable:
         return "'" + "','".join(value) + "'" if isinstance(value, tuple) else value
 
     def describe(self) -> str:
-        try:
-            rendered = self.rendered()
-        except VariableError as exc:
-            return f"${self.name}: {exc}"
-        if self.is_all:
-            how = "All: the custom all value, as it is" if self.all_value is not None else "All: every option, quoted"
-        elif isinstance(self.value, tuple):
-            how = "several values: quoted, comma-separated"
-        else:
-            how = "one value: as it is, the SQL quotes it"
-        return f"${self.name} -> {rendered}  ({self.source}; {how})"
+        """One line: the filter this selection puts on (or none), where it came from, and what the SQL receives."""
+        if self.is_all or self.as_text() == "":
+            became = "$__conditionalAll -> 1=1"
+            if self.is_all and self.all_value is not None:
+                became += f", ${self.name} -> {self.all_value}"
+            elif self.is_all and not self.options:
+                became += f", ${self.name}: no options loaded"
+            return f"{self.name} {'All' if self.is_all else '(empty)'}  ({self.source}; SQL: {became})"
+        chosen = ", ".join(self.value) if isinstance(self.value, tuple) else self.value
+        return f"{self.name} {chosen}  ({self.source}; SQL: {self.rendered()})"
 
 
 def _values(raw: Any) -> str | tuple[str, ...]:
     return tuple(str(v) for v in raw) if isinstance(raw, list) else str(raw)
 
 
-def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str]] | None = None) -> dict[str, Variable]:
-    """The dashboard's variables at their saved selection (`current`), with command-line values taking precedence."""
+def _listed(values: tuple[str, ...], most: int = 12) -> str:
+    shown = ", ".join(values[:most])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > most else "")
+
+
+def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str]] | None = None,
+                        loaded: dict[str, tuple[str, ...]] | None = None) -> dict[str, Variable]:
+    """The dashboard's variables at their saved selection (`current`), with command-line values taking precedence.
+
+    `loaded`: the options of query variables as their queries returned them (dashboard.load_options); a chosen
+    value must be one of a variable's options where they are known (saved or loaded), or All, or empty."""
     found: dict[str, Variable] = {}
+    loaded = loaded or {}
     for spec in dashboard.get("templating", {}).get("list", []):
         if spec.get("type") == "adhoc":
             raise VariableError(f"ad hoc filter variable ${spec['name']}: Grafana adds its filters to every query; "
                                 "the panels command does not emulate that")
-        options = tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
+        options = loaded.get(spec["name"]) if spec["name"] in loaded else \
+            tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
         found[spec["name"]] = Variable(spec["name"], _values(spec.get("current", {}).get("value", "")), options,
                                        spec.get("allValue") or None)
     for name, values in (overrides or {}).items():
@@ -96,8 +111,16 @@ def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str
         spec = next(s for s in dashboard["templating"]["list"] if s["name"] == name)
         if len(values) > 1 and not spec.get("multi"):
             raise VariableError(f"--var {name}: {name} takes one value, not {len(values)}")
+        options = found[name].options
+        unknown = [v for v in values if v not in options and v not in (ALL, "")]
+        if unknown and options:
+            raise VariableError(f"{name} has no value {', '.join(map(repr, unknown))} (the values it offers: "
+                                f"{_listed(options)})")
+        if unknown and name in loaded:
+            raise VariableError(f"{name} has no value {', '.join(map(repr, unknown))}: its query returned no "
+                                "values at all (no data yet?)")
         value = values[0] if len(values) == 1 and not spec.get("multi") else tuple(values)
-        found[name] = Variable(name, value, found[name].options, found[name].all_value, "--var")
+        found[name] = Variable(name, value, options, found[name].all_value, "command line")
     return found
 
 
@@ -160,9 +183,8 @@ def substitute(sql: str, variables: dict[str, Variable]) -> str:
 
 
 def describe(variables: dict[str, Variable]) -> list[str]:
-    """What substitute() does with this dashboard's variables, for the command's output."""
+    """Which filter each variable puts on and what substitute() makes of it, one line each, for the command's
+    output (the terminal frame has room for these lines and no more)."""
     if not variables:
         return ["Template variables: none in the dashboard, nothing substituted."]
-    return ["Template variables, substituted before the macros as Grafana's frontend does:",
-            *(f"  {v.describe()}" for v in variables.values()),
-            "  $__conditionalAll(condition, $var) -> the condition, or 1=1 where $var is All or empty"]
+    return [f"Filter: {v.describe()}" for v in variables.values()]

@@ -24,3 +24,16 @@ export interface AlertQueryModel<Version extends string> extends ClickHouseSqlQu
   intervalMs?: number;
   maxDataPoints?: number;
 }
+
+// A query variable's query as the plugin persists it in the dashboard (read in v4.20.0: src/data/CHVariableSupport.tsx
+// CHVariableQuery). At run time the plugin runs `rawSql` as it is, whatever the queryType that generated it.
+export interface ClickHouseVariableQuery {
+  refId: string;
+  queryType: "sql" | "databases" | "tables" | "columns" | "columnValues";
+  rawSql?: string;
+  database?: string;
+  table?: string;
+  column?: string;
+  mapKey?: string;
+  columnIsMap?: boolean;
+}

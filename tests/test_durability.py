@@ -127,6 +127,10 @@ async def test_an_insert_that_landed_before_a_crash_is_not_stored_twice(tmp_path
     assert ch.command("SELECT sum(events) FROM events_per_minute") == 5
     assert ch.command("SELECT count() FROM feature_users_per_minute") == 0  # none were feature_used
     assert ch.command("SELECT uniqCombinedMerge(12)(sessions) FROM active_sessions_5m") == 5
+    # The segmented rollups (004_segments.sql) too: each of their three grouping sets counts every event once.
+    assert ch.query("SELECT device_type = '', country_code = '', sum(events) FROM events_per_minute_by_segment "
+                    "GROUP BY ALL ORDER BY ALL").result_rows == [(False, False, 5), (False, True, 5), (True, False, 5)]
+    assert ch.command("SELECT sum(events) FROM segments_per_day") == 5
     await second.accept(rows(1, "z"))
     assert await second.drain(5)
     assert count(ch) == 6

@@ -15,7 +15,7 @@ import yaml
 from ingest.dashboard import load_dashboard, panel_queries
 from ingest.macros import MACROS, QueryRange, expand
 from ingest.sink import Sink
-from ingest.variables import VARIABLE
+from ingest.variables import ALL, VARIABLE, dashboard_variables, substitute
 
 from .stack import volumes
 from .support import event
@@ -155,8 +155,11 @@ def test_time_series_panels_return_a_time_column_first_in_ascending_order(ch, se
              '{"feature": "export"}' if i % 5 == 3 else "{}") for i in range(100)]
     ch.insert("events", rows, column_names=["event_name", "timestamp", "session_id", "user_id", "device_type",
                                              "country_code", "properties"])
-    for query in panel_queries(DASHBOARDS["product-analytics"]):
-        result = ch.query(expand(query.raw_sql, QueryRange(end - timedelta(hours=6), end)))
+    dashboard = DASHBOARDS["product-analytics"]
+    for query, chosen in [(q, c) for q in panel_queries(dashboard)
+                          for c in ({}, {"device_type": ["desktop"], "country_code": ["DE"]})]:
+        sql = substitute(query.raw_sql, dashboard_variables(dashboard, chosen))
+        result = ch.query(expand(sql, QueryRange(end - timedelta(hours=6), end)))
         assert result.result_rows, query.title
         if query.format == 0:
             times = [r[0] for r in result.result_rows]
@@ -179,6 +182,42 @@ def test_panel_sql_filters_time_with_the_plugin_macros_and_names_only_the_dashbo
     used = set().union(*(_variables_named(q.raw_sql) for q in panel_queries(dashboard)))
     # Grafana leaves an unknown $name in the SQL, and ClickHouse then fails on it.
     assert used <= defined, f"not defined in the dashboard: {sorted(used - defined)}"
+
+
+def test_the_product_dashboard_filters_by_device_and_country_with_values_from_clickhouse():
+    dashboard = DASHBOARDS["product-analytics"]
+    specs = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(specs) == ["device_type", "country_code"]
+    for name, spec in specs.items():
+        # A query variable on the ClickHouse datasource (the plugin's variable query model), several values or
+        # All, All by default, loaded when the dashboard opens, only the values it offers.
+        assert spec["type"] == "query" and spec["datasource"] == {"type": "grafana-clickhouse-datasource",
+                                                                   "uid": "clickhouse"}
+        assert (spec["multi"], spec["includeAll"], spec["allowCustomValue"]) == (True, True, False)
+        assert spec["current"]["value"] == [ALL] and "allValue" not in spec
+        assert spec["refresh"] == 1 and spec["sort"] == 1
+        # Values from the small daily rollup, not the raw events (cheap over the 90 days kept).
+        sql = spec["query"]["rawSql"]
+        assert spec["query"]["queryType"] == "sql" and re.search(rf"SELECT DISTINCT {name} FROM segments_per_day\b", sql)
+        assert "FROM events" not in sql and f"ORDER BY {name}" in sql
+
+
+def _code(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def test_every_panel_follows_both_variables_through_conditional_all_and_no_comment_holds_one():
+    for query in panel_queries(DASHBOARDS["product-analytics"]):
+        code = _code(query.raw_sql)
+        for name in ("device_type", "country_code"):
+            # The plugin's optional filter: the condition, or 1=1 at All; and All's own branch switch.
+            assert f"$__conditionalAll({name} IN (${name}), ${name})" in code, query.title
+            assert f"$__conditionalAll(false, ${name})" in code, query.title
+        # Grafana's frontend expands $__conditionalAll and variables before the plugin blanks comments, so a
+        # mention in a comment would be expanded too (and a call it cannot parse stops it expanding the others).
+        comments = "".join(re.findall(r"--[^\n]*", query.raw_sql))
+        assert "$__conditionalAll" not in comments and "$device_type" not in comments \
+            and "$country_code" not in comments, query.title
 
 
 def test_the_alert_query_uses_no_template_variables():

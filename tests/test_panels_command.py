@@ -44,7 +44,10 @@ def test_panels_prints_the_four_panels_in_an_80_by_24_frame(ch, settings, range_
     assert " 1. export " in text
     assert "max 50.0%" in text                       # the minute with 1 error among 2 events
     assert "query failed" not in text and "\033" not in text
-    assert "\n  Template variables: none in the dashboard, nothing substituted.\n" in text
+    # The dashboard's variables at their saved selection, All: no filter.
+    assert "\n  Filter: device_type All  (saved selection; SQL: $__conditionalAll -> 1=1)\n" in text
+    assert "\n  Filter: country_code All  (saved selection; SQL: $__conditionalAll -> 1=1)\n" in text
+    assert "more lines not shown" not in text
     # Every sparkline comes with its scale: lowest, highest, minutes per mark, the span it covers.
     assert text.count("  min ") == 2 and ("1 mark = 1 min" if range_name == "1h" else "1 mark = max of") in text
     if range_name == "24h":
@@ -87,6 +90,16 @@ def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers
         assert beside.returncode == 0, beside.stderr
         assert "\n  via the service at http://127.0.0.1:" in beside.stdout, beside.stdout
         assert "Active users  12 sessions in the last 5 minutes" in beside.stdout
+        # Filters go to the service, which loads the variables' values and refuses one it does not offer.
+        device = "desktop"  # every event the service got (tests/support.py event())
+        filtered = command(["panels", "--device", device], tmp_path, **env, INGEST_PORT=str(service.port))
+        assert filtered.returncode == 0, filtered.stderr
+        assert f"\n  Filter: device_type {device}  (command line; SQL: '{device}')\n" in filtered.stdout
+        assert "Active users  12 sessions in the last 5 minutes" in filtered.stdout
+        unknown = command(["panels", "--country", "XX"], tmp_path, **env, INGEST_PORT=str(service.port))
+        assert unknown.returncode == 1 and not unknown.stdout
+        assert unknown.stderr.startswith("ingest panels: template variables: country_code has no value 'XX' (the "
+                                         "values it offers: ") and unknown.stderr.count("\n") == 1, unknown.stderr
         assert service.post_events(1, "still-serving") == 1  # the service was not disturbed
     finally:
         assert service.stop() == 0

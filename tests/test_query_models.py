@@ -57,13 +57,26 @@ def alert_models() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def declare_models(check: TypeCheck, targets, models, prefix: str = "") -> None:
+def variable_queries() -> list[tuple[str, dict[str, Any]]]:
+    """(where, query) for every dashboard template variable whose options a ClickHouse datasource queries."""
+    found = []
+    for path in sorted((GRAFANA / "dashboards").glob("*.json")):
+        for variable in json.loads(path.read_text()).get("templating", {}).get("list", []):
+            ds = variable.get("datasource") or {}
+            if variable.get("type") == "query" and (ds.get("type") == PLUGIN_ID or ds.get("uid") in clickhouse_uids()):
+                found.append((f"{path.name} variable {variable['name']}", variable["query"]))
+    return found
+
+
+def declare_models(check: TypeCheck, targets, models, prefix: str = "", variables=()) -> None:
     model = check.module("ch", "./clickhouse_query")
     version = json.dumps(pinned_plugin_version())
     for where, target in targets:
         check.declare(f"Json<{model}.ClickHouseSqlQuery<{version}>>", target, prefix + where)
     for where, query in models:
         check.declare(f"Json<{model}.AlertQueryModel<{version}>>", query, prefix + where)
+    for where, query in variables:
+        check.declare(f"Json<{model}.ClickHouseVariableQuery>", query, prefix + where)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +90,26 @@ def test_the_pinned_plugin_version_is_the_one_the_engine_and_versions_file_follo
 
 
 def test_every_clickhouse_query_model_is_the_pinned_plugins_sql_query(installed):
-    targets, models = dashboard_targets(), alert_models()
-    assert len(targets) == 4 and len(models) == 1
+    targets, models, variables = dashboard_targets(), alert_models(), variable_queries()
+    assert len(targets) == 4 and len(models) == 1 and len(variables) == 2
     check = TypeCheck(installed)
-    declare_models(check, targets, models)
+    declare_models(check, targets, models, variables=variables)
     errors = check.run()
     assert not errors, "\n".join(map(str, errors))
+
+
+def test_the_check_reports_each_wrong_variable_query(installed):
+    (where, query), *_ = variable_queries()
+    check = TypeCheck(installed)
+    mistakes = {"unchanged": lambda q: None, "queryType raw": lambda q: q.update(queryType="raw"),
+                "rawSQL spelling": lambda q: q.update(rawSQL=q.pop("rawSql")), "no refId": lambda q: q.pop("refId"),
+                "query field": lambda q: q.update(query=q["rawSql"])}
+    for name, mistake in mistakes.items():
+        broken = copy.deepcopy(query)
+        mistake(broken)
+        declare_models(check, [], [], prefix=f"{name}: ", variables=[(where, broken)])
+    errors = check.run()
+    assert sorted({e.where for e in errors}) == sorted(f"{name}: {where}" for name in mistakes if name != "unchanged")
 
 
 # mistake -> what it does to a query model (a target, or the alert's model)

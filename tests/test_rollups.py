@@ -1,5 +1,6 @@
-"""The dashboard reads per-minute rollups (clickhouse/init/sql/002_rollups.sql) plus the raw table for partial edge
-minutes; its answers must equal the raw-table SQL's (tests/raw_panels/) for any range, minute-aligned or not."""
+"""The dashboard reads per-minute rollups (clickhouse/init/sql/002_rollups.sql, and per segment 004_segments.sql) plus
+the raw table for partial edge minutes; its answers must equal the raw-table SQL's (tests/raw_panels/) for any range,
+minute-aligned or not, for everyone and filtered by device type and country."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from ingest.macros import QueryRange, expand
 from ingest.dashboard import load_dashboard, panel_queries
 from ingest.rollups import rebuild
 from ingest.sink import Sink, ddl_files, statements
+from ingest.variables import dashboard_variables, substitute
+
+from .test_panel_truth import COUNTRIES, DEVICES, SELECTIONS, chosen
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "tests" / "raw_panels"
@@ -20,6 +24,10 @@ COLUMNS = ["event_name", "timestamp", "session_id", "user_id", "device_type", "c
 MS = timedelta(milliseconds=1)
 RAW_SQL = {"Active users": "active_users.sql", "Signup funnel": "signup_funnel.sql",
            "Top features": "top_features.sql", "Error rate": "error_rate.sql"}
+UNSEGMENTED = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour")
+SEGMENTED = ("events_per_minute_by_segment", "active_sessions_5m_by_segment", "feature_users_per_minute_by_segment",
+             "feature_users_per_hour_by_segment")
+ROLLUPS = (*UNSEGMENTED, *SEGMENTED, "segments_per_day")
 
 # Three hours of traffic ending an hour ago, on whole minutes; the ranges below cut it in every way a picker can.
 B = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(hours=4)
@@ -38,9 +46,9 @@ RANGES = {
 }
 
 
-def _ev(name, at, session, user=None, feature=None):
+def _ev(name, at, session, user=None, feature=None, device="mobile", country="FR"):
     props = json.dumps({"feature": feature}) if feature is not None else "{}"
-    return (name, at, session, user, "mobile", "FR", props)
+    return (name, at, session, user, device, country, props)
 
 
 def random_events(seed: int = 5) -> list[tuple]:
@@ -57,13 +65,22 @@ def random_events(seed: int = 5) -> list[tuple]:
         name = rnd.choice(names)
         user = None if rnd.random() < 0.3 else f"u{rnd.randrange(50)}"
         feature = f"f{rnd.randrange(14):02d}" if name == "feature_used" else None
-        events.append(_ev(name, at, f"s{rnd.randrange(80)}", user, feature))
+        device, country = rnd.choice(DEVICES), rnd.choice(COUNTRIES)
+        events.append(_ev(name, at, f"s{rnd.randrange(80)}", user, feature, device, country))
     for i, (start, end) in enumerate(RANGES.values()):
         for at in (start.replace(microsecond=0), end.replace(microsecond=0)):
             for offset in (-MS, 0 * MS, MS, 999 * MS):
                 name = rnd.choice(["error_occurred", "feature_used", "signup_started", "page_view"])
                 feature = "f-edge" if name == "feature_used" else None
-                events.append(_ev(name, at + offset, f"s-edge-{i}", None, feature))
+                device, country = rnd.choice(DEVICES), rnd.choice(COUNTRIES)
+                events.append(_ev(name, at + offset, f"s-edge-{i}", None, feature, device, country))
+        # Inside every range, each kind of event in a segment each filter of SELECTIONS keeps, so no comparison is
+        # between two empty answers.
+        for k, (device, country) in enumerate((("mobile", "DE"), ("tablet", "FR"), ("desktop", "US"))):
+            for name in ("error_occurred", "feature_used", "signup_started", "page_view"):
+                feature = "f-mid" if name == "feature_used" else None
+                events.append(_ev(name, start + (end - start) / 2 + k * MS, f"s-mid-{i}-{k}", None, feature, device,
+                                  country))
     rnd.shuffle(events)
     return events
 
@@ -81,9 +98,13 @@ def _insert_in_batches(ch, events, batches=5):
         ch.insert("events", events[i:i + size], column_names=COLUMNS)
 
 
-def _pairs():
-    """(title, dashboard SQL, raw-table SQL) for the four panels (the alert reads 5 minutes of the raw table)."""
-    return [(p.title, p.raw_sql, (RAW / RAW_SQL[p.title]).read_text()) for p in panel_queries(load_dashboard())]
+def _pairs(selection="everyone"):
+    """(title, dashboard SQL, raw-table SQL) for the four panels (the alert reads 5 minutes of the raw table), with
+    the dashboard variables substituted for the selection as Grafana's frontend does."""
+    dashboard = load_dashboard()
+    variables = dashboard_variables(dashboard, chosen(selection))
+    return [(p.title, substitute(p.raw_sql, variables), substitute((RAW / RAW_SQL[p.title]).read_text(), variables))
+            for p in panel_queries(dashboard)]
 
 
 @pytest.fixture
@@ -94,15 +115,36 @@ def loaded(ch, settings):
     return events
 
 
-def test_every_panel_answers_as_the_raw_table_for_any_range(ch, loaded):
-    assert len(_pairs()) == 4
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_every_panel_answers_as_the_raw_table_for_any_range(ch, loaded, selection):
+    assert len(_pairs(selection)) == 4
     for range_name, (start, end) in RANGES.items():
         qrange = QueryRange(start, end, timedelta(seconds=10))
-        for name, dashboard_sql, raw_sql in _pairs():
+        for name, dashboard_sql, raw_sql in _pairs(selection):
             got = _normal(ch.query(expand(dashboard_sql, qrange)).result_rows)
             want = _normal(ch.query(expand(raw_sql, qrange)).result_rows)
             assert want, f"{name}, {range_name}: the reference returned nothing, the comparison would prove nothing"
-            assert got == want, f"{name}, {range_name}"
+            assert got == want, f"{name}, {range_name}, {selection}"
+
+
+def _estimate(ch, sql: str) -> dict[str, int]:
+    """Rows ClickHouse plans to read per table (EXPLAIN ESTIMATE, after index analysis)."""
+    rows: dict[str, int] = {}
+    for _, table, _, n, _ in ch.query("EXPLAIN ESTIMATE " + sql).result_rows:
+        rows[table] = rows.get(table, 0) + n
+    return rows
+
+
+def test_all_reads_only_the_unsegmented_rollups_and_a_filter_only_the_segmented_ones(ch, loaded):
+    """"All" must cost what the dashboard cost before the segments: its query plans no row of a segmented rollup;
+    a filter plans no row of an unsegmented one (the branch it does not take has a constant-false WHERE)."""
+    qrange = QueryRange(*RANGES["all of it"])
+    for selection in SELECTIONS:
+        for name, dashboard_sql, _ in _pairs(selection):
+            planned = _estimate(ch, expand(dashboard_sql, qrange))
+            skipped = SEGMENTED if selection == "everyone" else UNSEGMENTED
+            assert not {t: n for t, n in planned.items() if t in skipped and n}, (name, selection, planned)
+            assert any(planned.get(t) for t in set(ROLLUPS) - set(skipped)), (name, selection, planned)
 
 
 def test_the_ranges_cut_through_minutes_that_hold_events(loaded):
@@ -117,7 +159,8 @@ def test_the_ranges_cut_through_minutes_that_hold_events(loaded):
     assert cut >= 5
 
 
-def test_edge_minutes_are_read_whole_when_an_index_granule_starts_just_before_a_minute(ch, settings):
+@pytest.mark.parametrize("selection", ["everyone", "every device, one country"])
+def test_edge_minutes_are_read_whole_when_an_index_granule_starts_just_before_a_minute(ch, settings, selection):
     # 20,000 signups 10 ms apart in one insert: one part, index granules of 8,192 rows, the second starting 80 ms
     # before minute M. A strict `timestamp < M` written with a DateTime constant loses that granule's first 80 ms
     # (ClickHouse 26.9 primary-key analysis); the dashboard must not.
@@ -129,15 +172,17 @@ def test_edge_minutes_are_read_whole_when_an_index_granule_starts_just_before_a_
     (granule_start,) = ch.query("SELECT timestamp FROM events WHERE _part_offset = 8192").result_rows[0]
     assert timedelta(0) < m - granule_start.replace(tzinfo=timezone.utc) < timedelta(seconds=1)
     qrange = QueryRange(m - timedelta(seconds=30), m + timedelta(minutes=2, seconds=5))
-    for name, dashboard_sql, raw_sql in _pairs():
+    for name, dashboard_sql, raw_sql in _pairs(selection):
         assert _normal(ch.query(expand(dashboard_sql, qrange)).result_rows) == \
             _normal(ch.query(expand(raw_sql, qrange)).result_rows), name
-    funnel_sql = {title: sql for title, sql, _ in _pairs()}["Signup funnel"]
+    funnel_sql = {title: sql for title, sql, _ in _pairs(selection)}["Signup funnel"]
     ((started,),) = ch.query(f"SELECT sum(started) FROM ({expand(funnel_sql, qrange)})").result_rows
     assert started == sum(qrange.start <= first + i * 10 * MS <= qrange.end for i in range(20_000))
 
 
-def test_the_big_number_counts_every_session_when_an_index_granule_starts_just_after_the_window_opens(ch, settings):
+@pytest.mark.parametrize("selection", ["everyone", "every device, one country"])
+def test_the_big_number_counts_every_session_when_an_index_granule_starts_just_after_the_window_opens(
+        ch, settings, selection):
     # As above for the window's strict lower bound: the second granule starts 200 ms after end - 5 min; a strict
     # `timestamp > <DateTime>` drops the sessions of the first granule's last 200 ms.
     Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
@@ -148,7 +193,7 @@ def test_the_big_number_counts_every_session_when_an_index_granule_starts_just_a
     (granule_start,) = ch.query("SELECT timestamp FROM events WHERE _part_offset = 8192").result_rows[0]
     assert timedelta(0) < granule_start.replace(tzinfo=timezone.utc) - opens < timedelta(seconds=1)
     end = opens + timedelta(minutes=5)
-    active_sql = {title: sql for title, sql, _ in _pairs()}["Active users"]
+    active_sql = {title: sql for title, sql, _ in _pairs(selection)}["Active users"]
     last = ch.query(expand(active_sql, QueryRange(end - timedelta(hours=1), end))).result_rows[-1]
     assert last[1] == len({e[2] for e in rows if opens < e[1] <= end})
 
@@ -174,19 +219,19 @@ def test_events_from_before_the_rollups_existed_appear_after_a_rebuild(ch, setti
     Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()  # the upgrade: views from now on
     _insert_in_batches(ch, old[3000:], batches=2)
     qrange = QueryRange(*RANGES["ends mid-minute"])
-    (_, dashboard_sql, raw_sql) = [p for p in _pairs() if p[0] == "Error rate"][0]
+    (_, dashboard_sql, raw_sql) = [p for p in _pairs("one device, one country") if p[0] == "Error rate"][0]
 
     def agree():
         return ch.query(expand(dashboard_sql, qrange)).result_rows == ch.query(expand(raw_sql, qrange)).result_rows
 
     assert not agree(), "the views only see inserts made after they exist"
     counts = rebuild(ch)
-    assert set(counts) == {"active_sessions_5m", "events_per_minute", "feature_users_per_minute",
-                           "feature_users_per_hour"}
+    assert set(counts) == set(ROLLUPS)
     assert all(n > 0 for n in counts.values())
-    for name, dashboard_sql, raw_sql in _pairs():
-        assert _normal(ch.query(expand(dashboard_sql, qrange)).result_rows) == \
-            _normal(ch.query(expand(raw_sql, qrange)).result_rows), name
+    for selection in SELECTIONS:
+        for name, dashboard_sql, raw_sql in _pairs(selection):
+            assert _normal(ch.query(expand(dashboard_sql, qrange)).result_rows) == \
+                _normal(ch.query(expand(raw_sql, qrange)).result_rows), (name, selection)
     assert rebuild(ch) == counts, "a second rebuild starts from empty tables again: nothing is counted twice"
     assert agree()
 
@@ -194,11 +239,10 @@ def test_events_from_before_the_rollups_existed_appear_after_a_rebuild(ch, setti
 def test_rollups_keep_the_events_tables_retention_and_monthly_partitions(ch, loaded):
     tables = dict(ch.query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
                            "AND engine LIKE '%MergeTree'").result_rows)
-    assert set(tables) == {"events", "events_per_minute", "active_sessions_5m", "feature_users_per_minute",
-                           "feature_users_per_hour"}
+    assert set(tables) == {"events", *ROLLUPS}
     for name, engine in tables.items():
         if name != "events":
-            assert "PARTITION BY toYYYYMM(" in engine and "TTL toDate(" in engine, name
+            assert "PARTITION BY toYYYYMM(" in engine and "TTL " in engine, name
             assert "+ toIntervalDay(90)" in engine, name
 
 

@@ -19,6 +19,7 @@ import yaml
 from ingest.macros import QueryRange, expand
 from ingest.dashboard import load_dashboard, panel_queries
 from ingest.sink import failure_kind
+from ingest.variables import dashboard_variables, substitute
 
 from . import test_panel_truth as truth
 from .server_users import ServerUsers, definer
@@ -28,7 +29,9 @@ from .support import iso
 pytestmark = pytest.mark.slow
 DB = "analytics"
 VIEWS_SQL = f"SELECT name, create_table_query FROM system.tables WHERE database = '{DB}' AND engine = 'MaterializedView'"
-ROLLUPS = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour")
+ROLLUPS = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour",
+           "events_per_minute_by_segment", "active_sessions_5m_by_segment", "feature_users_per_minute_by_segment",
+           "feature_users_per_hour_by_segment", "segments_per_day")
 
 
 def as_event(row: tuple) -> dict:
@@ -122,22 +125,36 @@ def test_ingest_may_do_nothing_but_insert_events(stack):
 
 # --- grafana -------------------------------------------------------------------------------------------------------
 
-def test_grafana_panels_show_what_ingest_stored(stack, ingested):
+@pytest.mark.parametrize("selection", ["everyone", "several devices, several countries"])
+def test_grafana_panels_show_what_ingest_stored(stack, ingested, selection):
     events, _ = ingested
-    panels = panel_queries(load_dashboard())
-    outcomes = stack.run("grafana", [("query", DB, expand(p.raw_sql, QueryRange(truth.F, truth.T)), None)
-                                     for p in panels])
+    keep = truth.keeps(selection)
+    dashboard = load_dashboard()
+    variables = dashboard_variables(dashboard, truth.chosen(selection))
+    panels = panel_queries(dashboard)
+    outcomes = stack.run("grafana", [("query", DB, expand(substitute(p.raw_sql, variables), QueryRange(truth.F, truth.T)),
+                                      None) for p in panels])
     got = {p.title: o for p, o in zip(panels, outcomes)}
     assert all(o.ok for o in outcomes), {t: o.error for t, o in got.items() if not o.ok}
-    assert [(truth.utc(t), v) for t, v in got["Active users"].rows] == truth.expected_active(events)
+    assert [(truth.utc(t), v) for t, v in got["Active users"].rows] == truth.expected_active(events, keep)
     assert [(truth.utc(t), s, c) for t, s, c, _ in got["Signup funnel"].rows] == \
-        [r[:3] for r in truth.expected_funnel(events)]
-    assert got["Top features"].rows == truth.expected_top(events)
+        [r[:3] for r in truth.expected_funnel(events, keep)]
+    assert got["Top features"].rows == truth.expected_top(events, keep)
     rates = [(truth.utc(t), v) for t, v in got["Error rate"].rows]
-    expected = truth.expected_error_rate(events)
+    expected = truth.expected_error_rate(events, keep)
     assert [t for t, _ in rates] == [t for t, _ in expected]
     assert all((g is None) == (w is None) and (w is None or g == pytest.approx(w))
                for (_, g), (_, w) in zip(rates, expected))
+
+
+def test_grafana_reads_the_values_the_variables_offer(stack, ingested):
+    events, _ = ingested
+    specs = load_dashboard()["templating"]["list"]
+    outcomes = stack.run("grafana", [("query", DB, spec["query"]["rawSql"], None) for spec in specs])
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    got = {spec["name"]: [row[0] for row in o.rows] for spec, o in zip(specs, outcomes)}
+    assert got["device_type"] == sorted({e[4] for e in events})
+    assert [c.decode() if isinstance(c, bytes) else c for c in got["country_code"]] == sorted({e[5] for e in events})
 
 
 def test_grafana_runs_the_alert_query(stack, ingested):

@@ -10,8 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ingest import panels
+from ingest.__main__ import main as cli
+from ingest.dashboard import load_dashboard, load_options, query_range
 from ingest.sink import Sink
-from ingest.variables import Variable, VariableError, dashboard_variables, substitute
+from ingest.variables import Variable, VariableError, dashboard_variables, describe, substitute
 
 DEVICE = {"name": "device_type", "type": "custom", "multi": False, "includeAll": True, "allValue": "",
           "current": {"value": "mobile"},
@@ -111,9 +113,104 @@ def test_the_panels_command_says_which_variables_it_substitutes_and_runs_the_res
         return text, text.split("\nViews\n", 1)[1]
 
     text, shown = views()  # the saved selection: mobile, DE and FR
-    assert "$device_type -> mobile  (saved in the dashboard; one value" in text
-    assert "$country_code -> 'DE','FR'  (saved in the dashboard; several values" in text
+    assert "\n  Filter: device_type mobile  (saved selection; SQL: mobile)\n" in text
+    assert "\n  Filter: country_code DE, FR  (saved selection; SQL: 'DE','FR')\n" in text
     assert "page_view" in shown and shown.rstrip().endswith(" 2")
     text, shown = views(device_type=["$__all"], country_code=["US", "FR"])
-    assert "$country_code -> 'US','FR'  (--var;" in text
+    assert "\n  Filter: device_type All  (command line; SQL: $__conditionalAll -> 1=1)\n" in text
+    assert "\n  Filter: country_code US, FR  (command line; SQL: 'US','FR')\n" in text
     assert shown.rstrip().endswith(" 3")  # mobile US, mobile FR, tablet FR
+
+
+def test_a_value_the_variable_does_not_offer_is_refused_with_the_values_it_offers():
+    with pytest.raises(VariableError) as refused:
+        variables(COUNTRY, country_code=["DE", "XX"])
+    assert str(refused.value) == "country_code has no value 'XX' (the values it offers: DE, FR, US)"
+    # Options a query loaded take the place of saved ones; All and the empty value are always accepted.
+    query_variable = {**COUNTRY, "type": "query", "options": []}
+    loaded = {"country_code": ("BR", "JP")}
+    with pytest.raises(VariableError, match=r"no value 'DE' \(the values it offers: BR, JP\)"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]}, loaded)
+    for value in ("JP", "$__all", ""):
+        chosen = dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": [value]}, loaded)
+        assert chosen["country_code"].value == (value,)
+    with pytest.raises(VariableError, match="its query returned no values at all"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]},
+                            {"country_code": ()})
+    many = tuple(f"C{i:02d}" for i in range(30))
+    with pytest.raises(VariableError, match=r"C00, C01, .*, C11, \.\.\. \(30 in all\)\)$"):
+        dashboard_variables({"templating": {"list": [query_variable]}}, {"country_code": ["DE"]},
+                            {"country_code": many})
+
+
+def test_each_line_says_the_filter_its_source_and_what_the_sql_receives():
+    chosen = variables(DEVICE, COUNTRY, country_code=["$__all"])
+    assert describe(chosen) == [
+        "Filter: device_type mobile  (saved selection; SQL: mobile)",
+        "Filter: country_code All  (command line; SQL: $__conditionalAll -> 1=1)"]
+    assert describe(variables({**COUNTRY, "allValue": "country_code"}, country_code=["$__all"])) == [
+        "Filter: country_code All  (command line; SQL: $__conditionalAll -> 1=1, $country_code -> country_code)"]
+    assert describe({}) == ["Template variables: none in the dashboard, nothing substituted."]
+
+
+def _dashboard_events(ch, settings, rows):
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+    ch.insert("events", rows, column_names=["event_name", "timestamp", "session_id", "user_id", "device_type",
+                                             "country_code", "properties"])
+
+
+def test_the_product_dashboards_variables_offer_the_values_of_the_last_90_days_sorted(ch, settings):
+    now = datetime.now(timezone.utc)
+    kept = [("mobile", "JP", 0), ("desktop", "DE", 1), ("tablet", "BR", 45), ("desktop", "AR", 88)]
+    gone = [("other", "ZZ", 95), ("other", "NZ", 200)]  # older than the 90 days the tables keep
+    _dashboard_events(ch, settings, [("page_view", now - timedelta(days=days), f"s{i}", None, device, country, "{}")
+                                     for i, (device, country, days) in enumerate(kept + gone)])
+    dashboard = load_dashboard()
+
+    def run(sql):
+        result = ch.query(sql)
+        return list(result.column_names), result.result_rows
+    loaded = load_options(dashboard, query_range("1h"), run)
+    assert loaded == {"device_type": tuple(sorted({d for d, _, _ in kept})),
+                      "country_code": tuple(sorted({c for _, c, _ in kept}))}
+
+
+def test_panels_device_and_country_filter_every_panel_and_say_so(ch, settings, monkeypatch, capsys):
+    now = datetime.now(timezone.utc) - timedelta(seconds=30)
+    people = [("mobile", "DE"), ("mobile", "FR"), ("tablet", "DE"), ("tablet", "DE"), ("desktop", "DE"),
+              ("other", "US")]
+    _dashboard_events(ch, settings, [("page_view", now, f"s{i}", None, device, country, "{}")
+                                     for i, (device, country) in enumerate(people)])
+    monkeypatch.setenv("CLICKHOUSE_URL", settings.clickhouse_url)
+    monkeypatch.setenv("CLICKHOUSE_DATABASE", settings.clickhouse_database)
+
+    def panels_(*args: str) -> tuple[int, str, str]:
+        code = cli(["panels", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = panels_("--device", "mobile,tablet", "--country", "DE")
+    assert code == 0, err
+    assert "\n  Filter: device_type mobile, tablet  (command line; SQL: 'mobile','tablet')\n" in out
+    assert "\n  Filter: country_code DE  (command line; SQL: 'DE')\n" in out
+    assert "Active users  3 sessions in the last 5 minutes" in out  # mobile DE, tablet DE twice
+    code, out, err = panels_("--country", "DE,US")
+    assert code == 0, err
+    assert "\n  Filter: device_type All  (saved selection; SQL: $__conditionalAll -> 1=1)\n" in out
+    assert "Active users  5 sessions in the last 5 minutes" in out
+    code, out, err = panels_()
+    assert "Active users  6 sessions in the last 5 minutes" in out
+
+    for args, words in ((["--device", "phone"], "device_type has no value 'phone' (the values it offers: desktop, "
+                                                "mobile, other, tablet)"),
+                        (["--device", "mobile", "--country", "de"], "country_code has no value 'de' (the values it "
+                                                                    "offers: DE, FR, US)"),
+                        (["--var", "country_code=XX"], "country_code has no value 'XX'")):
+        code, out, err = panels_(*args)
+        assert code == 1 and not out
+        assert err.count("\n") == 1 and err.startswith("ingest panels: template variables: ") and words in err, err
+    for args in (["--device", "mobile", "--var", "device_type=tablet"], ["--country", "DE,,FR"]):
+        with pytest.raises(SystemExit) as usage:
+            cli(["panels", *args])
+        assert usage.value.code == 2
+        assert "--" in capsys.readouterr().err

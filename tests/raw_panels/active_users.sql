@@ -1,6 +1,7 @@
 -- Active users on the raw events table (reference for tests and bench): the same points as the dashboard panel
 -- (whole minutes in the range, plus the range's end), each the distinct sessions in the 5 minutes ending there.
--- Per-minute uniqCombined states merged over each point's 5 minutes, as the pre-rollup panel did.
+-- Per-minute uniqCombined states merged over each point's 5 minutes, as the pre-rollup panel did; the dashboard's
+-- device and country filters written directly on the raw rows.
 WITH
     toStartOfMinute($__fromTime + INTERVAL 59 SECOND) AS first_point,
     per_minute AS (
@@ -9,6 +10,8 @@ WITH
                uniqCombinedState(session_id) AS sessions
         FROM events
         WHERE timestamp > toDateTime64(first_point - INTERVAL 5 MINUTE, 3) AND timestamp < toDateTime64($__toTime, 3)
+          AND $__conditionalAll(device_type IN ($device_type), $device_type)
+          AND $__conditionalAll(country_code IN ($country_code), $country_code)
         GROUP BY minute_end
     )
 SELECT time, active_sessions
@@ -22,5 +25,7 @@ FROM (
     SELECT toDateTime($__toTime, 'UTC') AS time, uniqExact(session_id) AS active_sessions
     FROM events
     WHERE timestamp > toDateTime64($__toTime - INTERVAL 5 MINUTE, 3) AND timestamp <= $__toTime
+      AND $__conditionalAll(device_type IN ($device_type), $device_type)
+      AND $__conditionalAll(country_code IN ($country_code), $country_code)
 )
 ORDER BY time WITH FILL FROM least(first_point, $__toTime) TO $__toTime STEP 60
