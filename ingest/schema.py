@@ -78,9 +78,10 @@ class EventValidator:
     def __init__(self, schema: dict[str, Any] = SCHEMA) -> None:
         self._fast = jsonschema_rs.validator_for(schema)
         # One call for a whole request: when every event is valid (the usual case) that is all it costs.
+        # The definitions stay at the root, where the event schema's "#/definitions/..." references point.
         self._fast_all = jsonschema_rs.validator_for(
-            {"$schema": schema["$schema"], "type": "array",
-             "items": {k: v for k, v in schema.items() if k not in ("$schema", "$id")}})
+            {"$schema": schema["$schema"], "type": "array", "definitions": schema.get("definitions", {}),
+             "items": {k: v for k, v in schema.items() if k not in ("$schema", "$id", "definitions")}})
         self._detailed = jsonschema.Draft7Validator(schema)
 
     def errors(self, event: Any) -> list[FieldError]:
@@ -147,11 +148,20 @@ class EventValidator:
         if ms > newest_ms:
             return [FieldError("/timestamp", "more than 1 hour in the future; check the client clock")]
         props = event.get("properties")
+        text = orjson.dumps(props) if props else b"{}"
+        if len(text) > MAX_PROPERTIES_BYTES:
+            return [FieldError("/properties", f"too large: {len(text):,} bytes as JSON, at most "
+                                              f"{MAX_PROPERTIES_BYTES:,}")]
         return (event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
-                event["country_code"], orjson.dumps(props).decode() if props else "{}")
+                event["country_code"], text.decode())
 
 
-MAX_DEPTH = 16  # far above any valid event (2), far below what jsonschema's recursion can report on
+# properties is stored as JSON text; nested values make its size open-ended, so the text is bounded as a whole.
+# Flat properties at the schema's limits (32 keys, 1024-character strings) stay well under it in plain text.
+MAX_PROPERTIES_BYTES = 65_536
+# How deep objects and arrays may nest inside properties: the schema's level1..level5 definitions.
+MAX_PROPERTIES_NESTING = 5
+MAX_DEPTH = 16  # far above any valid event (7), far below what jsonschema's recursion can report on
 
 
 def _too_deep(event: Any) -> str | None:
@@ -196,7 +206,6 @@ _PATTERN_WORDS = {
 }
 _NAME_WORDS = ("must start with a letter or _ and contain only letters, digits, _ . and - (at most 64 characters), "
                "e.g. plan_name")
-_VALUE_WORDS = "must be a string of at most 1024 characters, a number, a boolean or null"
 
 
 def _missing(err: jsonschema.ValidationError) -> str:
@@ -220,6 +229,10 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"must be one of {', '.join(map(str, err.validator_value))}, got {str(err.instance)[:80]!r}"
     if err.validator == "pattern":
         return _PATTERN_WORDS.get(err.validator_value, f"has the wrong format (expected {err.validator_value})")
+    if err.validator == "type" and isinstance(err.instance, (dict, list)) and "object" not in err.validator_value \
+            and err.absolute_path and err.absolute_path[0] == "properties":
+        return (f"nested too deep: objects and arrays nest at most {MAX_PROPERTIES_NESTING} levels inside "
+                "properties; below that only strings, numbers, booleans and null")
     if err.validator == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -230,10 +243,6 @@ def _message(err: jsonschema.ValidationError) -> str:
         return "must not be empty" if err.validator_value == 1 else f"shorter than {err.validator_value} characters"
     if err.validator == "maxProperties":
         return f"too many properties: {len(err.instance)}, at most {err.validator_value}"
-    if err.validator == "anyOf":
-        if isinstance(err.instance, str):
-            return f"too long: {len(err.instance):,} characters, at most 1024"
-        return f"{_VALUE_WORDS}, got {_json_type(err.instance)}"
     return err.message[:300]
 
 

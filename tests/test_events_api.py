@@ -88,7 +88,18 @@ PER_EVENT_ERRORS = [
     pytest.param(event(country_code="de"), "/country_code", "two-letter upper-case country code", id="country-lowercase"),
     pytest.param(event(country_code="DEU"), "/country_code", "e.g. DE", id="country-alpha3"),
     pytest.param(event(properties=[1]), "/properties", "must be object", id="properties-array"),
-    pytest.param(event(properties={"a": {"b": 1}}), "/properties/a", "got object", id="nested-property"),
+    pytest.param(event(properties={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}), "/properties/a/b/c/d/e/f",
+                 "nested too deep: objects and arrays nest at most 5 levels", id="nested-six-levels"),
+    pytest.param(event(properties={"a": [[[[[[1]]]]]]}), "/properties/a/0/0/0/0/0", "nest at most 5 levels",
+                 id="arrays-six-levels"),
+    pytest.param(event(properties={"cart": {"items": [{"sku": "x" * 1025}]}}), "/properties/cart/items/0/sku",
+                 "too long: 1,025 characters, at most 1024", id="nested-string-too-long"),
+    pytest.param(event(properties={"cart": {"bad key": 1}}), "/properties/cart", "property name 'bad key' must start",
+                 id="nested-bad-key"),
+    pytest.param(event(properties={"cart": {f"k{i}": i for i in range(33)}}), "/properties/cart",
+                 "too many properties: 33, at most 32", id="nested-too-many-keys"),
+    pytest.param(event(properties={f"k{i}": ["x" * 1000] * 3 for i in range(32)}), "/properties",
+                 "too large: 96,535 bytes as JSON, at most 65,536", id="properties-over-64-kib"),
     pytest.param(event(properties={"a": "x" * 1025}), "/properties/a", "too long: 1,025 characters, at most 1024", id="property-too-long"),
     pytest.param(event(properties={f"k{i}": i for i in range(33)}), "/properties", "too many properties: 33, at most 32",
                  id="too-many-properties"),
@@ -114,6 +125,27 @@ async def test_each_invalid_event_is_refused_with_path_and_message(make_client, 
     assert any(e["path"] == path and message in e["message"] for e in rejected["errors"]), rejected
     await eventually(lambda: count(ch) == 1)
     assert ch.command("SELECT any(session_id) FROM events") == "good"
+
+
+async def test_nested_properties_are_stored_as_json_the_dashboards_can_read(make_client, ch):
+    # The column is JSON text: nested objects and arrays land whole, and the feature rule still reads its key.
+    client = await make_client()
+    cart = {"items": [{"sku": "A-1", "qty": 2, "tags": ["new", None]}, {"sku": "B-2", "qty": 1}], "total": 30.5}
+    deepest = {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}  # five levels of objects: the most allowed
+    resp = await client.post("/events", json=[
+        event(session_id="cart", properties={"cart": cart, "coupon": None}),
+        event("feature_used", session_id="feature", properties={"feature": "export", "options": {"format": "csv"}}),
+        event(session_id="deep", properties=deepest),
+        event(session_id="largest", properties={f"k{i}": "x" * 1024 for i in range(32)})])
+    assert resp.status == 202 and await resp.json() == {"accepted": 4, "rejected": []}
+    await eventually(lambda: count(ch) == 4)
+    stored = dict(ch.query("SELECT session_id, properties FROM events").result_rows)
+    assert json.loads(stored["cart"]) == {"cart": cart, "coupon": None}
+    assert json.loads(stored["deep"]) == deepest
+    assert ch.command("SELECT JSONExtractInt(properties, 'cart', 'items', 1, 'qty') FROM events "
+                      "WHERE session_id = 'cart'") == 2
+    assert ch.command("SELECT JSONExtractString(properties, 'feature') FROM events WHERE session_id = 'feature'") \
+        == "export"
 
 
 async def test_a_request_whose_events_are_all_invalid_is_a_400_that_lists_them(make_client):
