@@ -22,7 +22,7 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
 from .openapi import OPENAPI_TEXT
 from .pipeline import Pipeline, WalError
-from .schema import SCHEMA_TEXT, EventValidator
+from .schema import SCHEMA_TEXT, EventValidator, country_from_header
 from .sink import FAILURE_HINTS, Sink
 from .wal import WriteAheadLog
 
@@ -118,8 +118,10 @@ async def post_events(request: web.Request) -> web.Response:
         events = _parse_events(await _read_body(request, app[SETTINGS].max_body_bytes))
     except RequestError as exc:
         return access.refuse(exc.status, exc.code, exc.message, request)
-    validator, metrics = app[VALIDATOR], app[METRICS]
-    rows, rejected = validator.judge(events)
+    validator, metrics, settings = app[VALIDATOR], app[METRICS], app[SETTINGS]
+    # Events without a country get it from a trusted proxy's header when one is configured, never from the client.
+    country = country_from_header(request.headers.get(settings.country_header) if settings.country_header else None)
+    rows, rejected = validator.judge(events, country=country)
     if not rows:
         metrics.events_rejected.inc(len(rejected))
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",

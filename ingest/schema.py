@@ -23,6 +23,9 @@ MAX_AGE = timedelta(days=90)
 # Client clocks drift; an hour covers that without letting "future" events sit in live panels.
 MAX_FUTURE = timedelta(hours=1)
 
+# ISO 3166 leaves ZZ to users; it means "unknown" in the table (and XX, which Cloudflare sends, is not kept).
+UNKNOWN_COUNTRY = "ZZ"
+
 COLUMNS = ("event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties")
 COLUMN_TYPES = ("LowCardinality(String)", "DateTime64(3, 'UTC')", "String", "Nullable(String)",
                 "LowCardinality(String)", "LowCardinality(FixedString(2))", "String")
@@ -98,15 +101,19 @@ class EventValidator:
         """Schema check only (no timestamp window), via the compiled validator."""
         return self._fast.is_valid(event)
 
-    def to_row(self, event: Any, now: float | None = None) -> Row | list[FieldError]:
+    def to_row(self, event: Any, now: float | None = None, country: str = UNKNOWN_COUNTRY) -> Row | list[FieldError]:
         """The table row for a valid event, or the list of what is wrong with it."""
         if not self._fast.is_valid(event):
             return self._report(event)
-        return self._row(event, *_window(now))
+        return self._row(event, *_window(now), country)
 
-    def judge(self, events: list[Any], now: float | None = None) -> tuple[list[Row], list[dict[str, Any]]]:
-        """Rows of the valid events, and for each invalid one its index and errors."""
-        window = _window(now)
+    def judge(self, events: list[Any], now: float | None = None,
+              country: str = UNKNOWN_COUNTRY) -> tuple[list[Row], list[dict[str, Any]]]:
+        """Rows of the valid events, and for each invalid one its index and errors.
+
+        country is what events without a country_code get (see country_from_header).
+        """
+        window = (*_window(now), country)
         rows: list[Row] = []
         rejected: list[dict[str, Any]] = []
         all_match = self._fast_all.is_valid(events)
@@ -131,7 +138,7 @@ class EventValidator:
         return self.errors(event) or [FieldError("", "event does not match the schema")]
 
     @staticmethod
-    def _row(event: dict[str, Any], oldest_ms: int, newest_ms: int) -> Row | list[FieldError]:
+    def _row(event: dict[str, Any], oldest_ms: int, newest_ms: int, country: str) -> Row | list[FieldError]:
         text = event["timestamp"]
         try:
             # The schema's pattern already holds, so the C parser only has to agree on the instant;
@@ -153,7 +160,7 @@ class EventValidator:
             return [FieldError("/properties", f"too large: {len(text):,} bytes as JSON, at most "
                                               f"{MAX_PROPERTIES_BYTES:,}")]
         return (event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
-                event["country_code"], text.decode())
+                event.get("country_code", country), text.decode())
 
 
 # properties is stored as JSON text; nested values make its size open-ended, so the text is bounded as a whole.
@@ -161,6 +168,17 @@ class EventValidator:
 MAX_PROPERTIES_BYTES = 65_536
 # How deep objects and arrays may nest inside properties: the schema's level1..level5 definitions.
 MAX_PROPERTIES_NESTING = 5
+def country_from_header(value: str | None) -> str:
+    """The country a trusted proxy's header names (CF-IPCountry: DE), or ZZ when it names none.
+
+    Anything but two letters is unknown: absent, empty, Cloudflare's XX (no data) and T1 (Tor).
+    """
+    value = (value or "").strip().upper()
+    if len(value) == 2 and value.isascii() and value.isalpha() and value != "XX":
+        return value
+    return UNKNOWN_COUNTRY
+
+
 MAX_DEPTH = 16  # far above any valid event (7), far below what jsonschema's recursion can report on
 
 

@@ -41,6 +41,8 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
     ({"INGEST_BUFFER_MAX_EVENTS": "10"}, "INGEST_BUFFER_MAX_EVENTS"),
     ({"INGEST_FLUSH_INTERVAL_SECONDS": "inf"}, "INGEST_FLUSH_INTERVAL_SECONDS"),
     ({"INGEST_RETRY_MAX_SECONDS": "nan"}, "INGEST_RETRY_MAX_SECONDS"),
+    ({"INGEST_COUNTRY_HEADER": "CF IPCountry"}, "INGEST_COUNTRY_HEADER"),
+    ({"INGEST_COUNTRY_HEADER": "CF-IPCountry:"}, "INGEST_COUNTRY_HEADER"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ConfigError, match=message):

@@ -148,6 +148,38 @@ async def test_nested_properties_are_stored_as_json_the_dashboards_can_read(make
         == "export"
 
 
+def _no_country(**fields):
+    e = event(**fields)
+    del e["country_code"]
+    return e
+
+
+async def test_without_a_country_header_setting_events_without_a_country_are_stored_as_zz(make_client, ch):
+    # Off by default: a header the client itself can send is not trusted.
+    client = await make_client()
+    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
+                             headers={"CF-IPCountry": "FR"})
+    assert resp.status == 202 and await resp.json() == {"accepted": 2, "rejected": []}
+    await eventually(lambda: count(ch) == 2)
+    assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
+        "none": "ZZ", "own": "DE"}
+
+
+@pytest.mark.parametrize(("header", "stored"), [
+    ("FR", "FR"), ("fr", "FR"), (" US ", "US"), ("XX", "ZZ"), ("T1", "ZZ"), ("", "ZZ"), ("FRA", "ZZ"), (None, "ZZ"),
+])
+async def test_a_configured_proxy_header_gives_events_without_a_country_theirs(make_client, ch, header, stored):
+    client = await make_client(country_header="CF-IPCountry")
+    headers = {} if header is None else {"cf-ipcountry": header}  # header names are case-insensitive
+    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
+                             headers=headers)
+    assert resp.status == 202 and (await resp.json())["accepted"] == 2
+    await eventually(lambda: count(ch) == 2)
+    # The event's own country wins: a backend sending on a visitor's behalf may know it.
+    assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
+        "none": stored, "own": "DE"}
+
+
 async def test_a_request_whose_events_are_all_invalid_is_a_400_that_lists_them(make_client):
     client = await make_client()
     resp = await client.post("/events", json=[event(device_type="fridge"), event(country_code="X")])
@@ -214,7 +246,7 @@ async def test_schema_endpoint_serves_the_validating_document(make_client):
     doc = json.loads(await resp.read())
     assert doc["properties"]["event_name"]["enum"] == [
         "page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"]
-    assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type", "country_code"}
+    assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type"}  # country: optional
 
 
 async def test_unknown_routes_and_methods_answer_json(make_client):
