@@ -205,6 +205,12 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def get_time(request: web.Request) -> web.Response:
+    """The service's clock (also in the Server-Time header): what a client reads before it stamps its first events."""
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _json({"now": now}, headers={"Cache-Control": "no-store"})
+
+
 async def get_schema(request: web.Request) -> web.Response:
     return web.Response(body=SCHEMA_TEXT, content_type="application/schema+json")
 
@@ -228,6 +234,8 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
         log.exception("unhandled error answering %s %s", request.method, request.path)
         response = _error(500, "internal_error", "the service failed to answer this request; it is logged")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    # The service's clock on every answer, so clients can stamp events in its time (docs/api.md "Clock").
+    response.headers[access.SERVER_TIME] = str(time.time_ns() // 1_000_000)
     return response
 
 
@@ -283,6 +291,7 @@ def create_app(settings: Settings) -> web.Application:
         # Only the embedded engine needs it: on a server, `panels` reads ClickHouse itself (as the grafana user).
         app[DASHBOARD] = load_dashboard()
         app.router.add_get("/panels", get_panels)
+    app.router.add_get("/time", get_time)
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
     return app

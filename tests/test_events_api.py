@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -263,3 +264,29 @@ async def test_a_body_over_the_limit_is_told_its_size_and_the_limit(make_client)
     assert resp.status == 413
     message = (await resp.json())["message"]
     assert "70,002 bytes" in message and "65,536" in message and "INGEST_MAX_BODY_BYTES" in message
+
+
+async def test_every_answer_carries_the_service_clock_in_milliseconds(make_client, ch, settings):
+    # Clients correct their clocks with it: accepted, refused in part or whole, refused for size, and full (503).
+    client = await make_client(max_body_bytes=65_536, buffer_max_events=2, flush_events=2,
+                               flush_interval_seconds=0.05, retry_max_seconds=0.1)
+    await client.get("/health")  # the table exists
+    answers = []
+    for body in (orjson.dumps([event()]), orjson.dumps([event(), event(device_type="fridge")]),
+                 orjson.dumps([event(device_type="fridge")]), b"[{", b"[" + b" " * 70_000 + b"]"):
+        before = time.time_ns() // 1_000_000
+        resp = await client.post("/events", data=body, headers={"Content-Type": "application/json"})
+        answers.append((resp.status, before, int(resp.headers["Server-Time"]), time.time_ns() // 1_000_000))
+    await eventually(lambda: count(ch) == 2)
+    ch.command("DROP TABLE events SYNC")  # storage fails: the buffer fills and the service answers 503
+    for _ in range(3):
+        before = time.time_ns() // 1_000_000
+        resp = await client.post("/events", json=[event()])
+        answers.append((resp.status, before, int(resp.headers["Server-Time"]), time.time_ns() // 1_000_000))
+    assert [a[0] for a in answers] == [202, 202, 400, 400, 413, 202, 202, 503]
+    assert all(before <= server <= after for _, before, server, after in answers), answers
+    clock = await client.get("/time")
+    body = await clock.json()
+    assert clock.status == 200 and clock.headers["Cache-Control"] == "no-store"  # a cached clock would be wrong
+    server_ms = int(clock.headers["Server-Time"])
+    assert abs(datetime.fromisoformat(body["now"]).timestamp() * 1000 - server_ms) < 1000
