@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import math
 import time
 from datetime import datetime, timezone
+from importlib import resources
 from typing import Any, AsyncIterator
 
 import orjson
@@ -205,6 +207,30 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# The browser tracker: one static file, read once; its ETag changes with its content.
+TRACKER_JS: bytes = resources.files(__package__).joinpath("tracker.js").read_bytes()
+TRACKER_ETAG = '"' + hashlib.sha256(TRACKER_JS).hexdigest()[:32] + '"'
+# Browsers and proxies reuse it for an hour, then ask again with If-None-Match (a 304 when unchanged), so a new
+# version reaches every page within the hour.
+TRACKER_CACHE_CONTROL = "public, max-age=3600"
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names etag (weak comparison, as RFC 9110 asks for If-None-Match)."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+async def get_tracker(request: web.Request) -> web.Response:
+    """The browser tracker script (GET /tracker.js), cacheable: 304 when the client's copy is current."""
+    headers = {"ETag": TRACKER_ETAG, "Cache-Control": TRACKER_CACHE_CONTROL}
+    if _etag_matches(request.headers.get("If-None-Match"), TRACKER_ETAG):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=TRACKER_JS, content_type="text/javascript", charset="utf-8", headers=headers)
+
+
 async def get_time(request: web.Request) -> web.Response:
     """The service's clock (also in the Server-Time header): what a client reads before it stamps its first events."""
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -291,6 +317,7 @@ def create_app(settings: Settings) -> web.Application:
         # Only the embedded engine needs it: on a server, `panels` reads ClickHouse itself (as the grafana user).
         app[DASHBOARD] = load_dashboard()
         app.router.add_get("/panels", get_panels)
+    app.router.add_get("/tracker.js", get_tracker)
     app.router.add_get("/time", get_time)
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
