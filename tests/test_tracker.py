@@ -15,6 +15,8 @@ from aiohttp import web
 
 from ingest.app import create_app
 
+from .test_docs import ROOT
+
 from .cdp import Chromium
 from .live import serving, serving_on
 from .support import count, event, eventually, require_tool
@@ -50,8 +52,14 @@ PAGE = """<!doctype html><html><head><title>Shop</title><script>
   window.loadedAt = performance.now();
 })();
 </script>
+<script>@STUB@</script>
 <script src="@INGEST@/tracker.js" data-key="@KEY@" defer></script>
 </head><body><h1>Shop</h1></body></html>"""
+
+
+# docs/api.md's stub: calls made before the (deferred) tracker has run wait in window.ingest.q.
+STUB = next(line for line in (ROOT / "docs" / "api.md").read_text().splitlines() if line.startswith("<script>window.ingest")
+            ).removeprefix("<script>").removesuffix("</script>")
 
 
 class Site:
@@ -63,7 +71,8 @@ class Site:
         self.app.router.add_get("/shop/{tail:.*}", self.page)
 
     async def page(self, request: web.Request) -> web.Response:
-        html = (PAGE.replace("@SHIFT@", str(int(request.query.get("shift", "0"))))
+        stub = (STUB + ';ingest.track("signup_started", {plan: "early"});') if "early" in request.query else ""
+        html = (PAGE.replace("@SHIFT@", str(int(request.query.get("shift", "0")))).replace("@STUB@", stub)
                 .replace("@INGEST@", self.ingest).replace("@KEY@", KEY))
         return web.Response(text=html, content_type="text/html")
 
@@ -114,8 +123,9 @@ def test_the_tracker_is_a_small_static_script_cacheable_by_its_etag(settings, ch
 
 async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_one_session(ch, shop):
     async with shop(write_keys=(KEY,)) as (origin, ingest, browser):
-        tab = await browser.open(f"{origin}/shop/home?ref=ad", user_agent=DESKTOP)
-        await eventually(lambda: count(ch) == 1, timeout=15)  # the page view, sent without waiting
+        tab = await browser.open(f"{origin}/shop/home?ref=ad&early", user_agent=DESKTOP)
+        # The page view and an event tracked through the stub before the tracker ran, sent without waiting.
+        await eventually(lambda: count(ch) == 2, timeout=15)
 
         # Events made by the page's code; an unknown name and a bad id are refused in the console, not thrown.
         assert await tab.run("""ingest.track("button_click", {button: "signup_cta",
@@ -124,7 +134,7 @@ async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_
         assert await tab.run('ingest.identify("has space")') is False
         assert await tab.run('ingest.track("feature_used", {})') is True  # refused by the service: no feature
         assert await tab.run('ingest.track("feature_used", {})') is True  # ... and logged once
-        await eventually(lambda: count(ch) == 2, timeout=15)
+        await eventually(lambda: count(ch) == 3, timeout=15)
 
         # Sign-in, a client-side navigation and one more event, done right after a flush so that only the
         # tab close can send them: the tracker flushes every 3 s from when it started (about loadedAt).
@@ -135,25 +145,27 @@ async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_
         await tab.run("""ingest.identify("u-42"); history.pushState({}, "", "/shop/pricing");
                          ingest.track("feature_used", {feature: "export", options: {format: "csv"}})""")
         await tab.close()
-        await eventually(lambda: count(ch) == 4, timeout=15)
+        await eventually(lambda: count(ch) == 5, timeout=15)
 
         warnings = tab.console()
         assert tab.exceptions() == []
     await asyncio.sleep(0.5)
     rows = _rows(ch)
-    assert count(ch) == 4, rows  # nothing twice
+    assert count(ch) == 5, rows  # nothing twice
     assert len({r["session_id"] for r in rows}) == 1 and re.fullmatch(r"s-[0-9a-f]{24}", rows[0]["session_id"])
     assert {(r["device_type"], r["country_code"]) for r in rows} == {("desktop", "ZZ")}
     # The last two share a millisecond: told apart by content, not by order.
     [home, pricing] = sorted((r for r in rows if r["event_name"] == "page_view"), key=lambda r: r["ms"])
     [click] = [r for r in rows if r["event_name"] == "button_click"]
+    [early] = [r for r in rows if r["event_name"] == "signup_started"]
+    assert early["properties"] == {"plan": "early"} and early["ms"] >= home["ms"]
     [feature] = [r for r in rows if r["event_name"] == "feature_used"]
     assert home["event_name"] == "page_view" and home["user_id"] is None
     assert home["properties"] == {"path": "/shop/home", "title": "Shop"}
     assert click["event_name"] == "button_click" and click["user_id"] is None
     assert click["properties"] == {"button": "signup_cta", "cart": {"items": [{"sku": "A-1", "qty": 2}], "total": 30.5}}
     assert pricing["event_name"] == "page_view" and pricing["user_id"] == "u-42"
-    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop", "referrer": f"{origin}/shop/home?ref=ad",
+    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop", "referrer": f"{origin}/shop/home?ref=ad&early",
                                      "via": "beacon"}
     assert feature["event_name"] == "feature_used" and feature["user_id"] == "u-42"
     assert feature["properties"] == {"feature": "export", "options": {"format": "csv"}, "via": "beacon"}
