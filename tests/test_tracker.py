@@ -218,3 +218,21 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
     rows = _rows(ch, "session_id LIKE 's-%'")
     assert [(r["event_name"], r["device_type"]) for r in rows] == [("page_view", "other")]  # headless: not a person
     assert count(ch) == 6
+
+
+async def test_a_session_renews_after_30_idle_minutes_and_reset_forgets_the_user(ch, shop):
+    async with shop() as (origin, ingest, browser):
+        tab = await browser.open(f"{origin}/shop/home", user_agent=DESKTOP)
+        await eventually(lambda: count(ch) == 1, timeout=15)
+        await tab.run('ingest.identify("u-7"); ingest.track("button_click", {button: "a"})')
+        # The last event was 31 minutes ago (as the tracker keeps it): the next one opens a new session.
+        await tab.run('sessionStorage.setItem("ingest.last", String(Date.now() - 31 * 60 * 1000));'
+                      'ingest.track("button_click", {button: "b"})')
+        await tab.run('ingest.reset(); ingest.track("button_click", {button: "c"}); ingest.flush()')
+        await eventually(lambda: count(ch) == 4, timeout=15)
+        assert tab.exceptions() == []
+    rows = {r["properties"].get("button", "view"): r for r in _rows(ch)}
+    assert rows["view"]["session_id"] == rows["a"]["session_id"] and rows["a"]["user_id"] == "u-7"
+    assert rows["b"]["session_id"] != rows["a"]["session_id"] and rows["b"]["user_id"] == "u-7"  # still signed in
+    assert rows["c"]["session_id"] not in (rows["a"]["session_id"], rows["b"]["session_id"])
+    assert rows["c"]["user_id"] is None
