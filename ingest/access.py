@@ -16,6 +16,8 @@ EVENTS_PATH = "/events"
 # Chromium caps a cached preflight at 2 hours; asking for more buys nothing.
 PREFLIGHT_MAX_AGE_SECONDS = 7200
 ALLOW_HEADERS = "Content-Type, Authorization, Content-Encoding"
+# Every answer carries the service's clock (Unix milliseconds): clients correct their event timestamps with it.
+SERVER_TIME = "Server-Time"
 
 
 class WriteKeys:
@@ -67,9 +69,9 @@ class Origins:
         """The CORS response headers for a request from origin (none for a disallowed or absent one)."""
         if origin is None or not self.allows(origin):
             return {}
-        # Clients read Retry-After on a 503 to back off.
+        # Clients read Retry-After on a 503 to back off, and Server-Time to correct their clocks.
         return {"Access-Control-Allow-Origin": "*" if self.any else origin,
-                "Access-Control-Expose-Headers": "Retry-After"}
+                "Access-Control-Expose-Headers": f"Retry-After, {SERVER_TIME}"}
 
 
 class RedactingAccessLogger(AccessLogger):

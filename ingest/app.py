@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import math
 import time
 from datetime import datetime, timezone
+from importlib import resources
 from typing import Any, AsyncIterator
 
 import orjson
@@ -24,7 +26,7 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
 from .openapi import OPENAPI_TEXT
 from .pipeline import Pipeline, WalError
-from .schema import SCHEMA_TEXT, EventValidator
+from .schema import SCHEMA_TEXT, EventValidator, country_from_header
 from .sink import FAILURE_HINTS, Sink
 from .wal import WriteAheadLog
 
@@ -157,8 +159,10 @@ async def post_events(request: web.Request) -> web.Response:
         events = _parse_events(await _read_body(request, app[SETTINGS].max_body_bytes))
     except RequestError as exc:
         return access.refuse(exc.status, exc.code, exc.message, request)
-    validator, metrics = app[VALIDATOR], app[METRICS]
-    rows, rejected = validator.judge(events)
+    validator, metrics, settings = app[VALIDATOR], app[METRICS], app[SETTINGS]
+    # Events without a country get it from a trusted proxy's header when one is configured, never from the client.
+    country = country_from_header(request.headers.get(settings.country_header) if settings.country_header else None)
+    rows, rejected = validator.judge(events, country=country)
     if not rows:
         metrics.events_rejected.inc(len(rejected))
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
@@ -257,6 +261,36 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# The browser tracker: one static file, read once; its ETag changes with its content.
+TRACKER_JS: bytes = resources.files(__package__).joinpath("tracker.js").read_bytes()
+TRACKER_ETAG = '"' + hashlib.sha256(TRACKER_JS).hexdigest()[:32] + '"'
+# Browsers and proxies reuse it for an hour, then ask again with If-None-Match (a 304 when unchanged), so a new
+# version reaches every page within the hour.
+TRACKER_CACHE_CONTROL = "public, max-age=3600"
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names etag (weak comparison, as RFC 9110 asks for If-None-Match)."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+async def get_tracker(request: web.Request) -> web.Response:
+    """The browser tracker script (GET /tracker.js), cacheable: 304 when the client's copy is current."""
+    headers = {"ETag": TRACKER_ETAG, "Cache-Control": TRACKER_CACHE_CONTROL}
+    if _etag_matches(request.headers.get("If-None-Match"), TRACKER_ETAG):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=TRACKER_JS, content_type="text/javascript", charset="utf-8", headers=headers)
+
+
+async def get_time(request: web.Request) -> web.Response:
+    """The service's clock (also in the Server-Time header): what a client reads before it stamps its first events."""
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _json({"now": now}, headers={"Cache-Control": "no-store"})
+
+
 async def get_schema(request: web.Request) -> web.Response:
     return web.Response(body=SCHEMA_TEXT, content_type="application/schema+json")
 
@@ -285,6 +319,8 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
         log.exception("unhandled error answering %s %s", request.method, request.path)
         response = _error(500, "internal_error", "the service failed to answer this request; it is logged")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    # The service's clock on every answer, so clients can stamp events in its time (docs/api.md "Clock").
+    response.headers[access.SERVER_TIME] = str(time.time_ns() // 1_000_000)
     if request.get(_CLOSE_NOW):
         try:
             await response.prepare(request)
@@ -353,6 +389,8 @@ def create_app(settings: Settings) -> web.Application:
         # Only the embedded engine needs it: on a server, `panels` reads ClickHouse itself (as the grafana user).
         app[DASHBOARD] = load_dashboard()
         app.router.add_get("/panels", get_panels)
+    app.router.add_get("/tracker.js", get_tracker)
+    app.router.add_get("/time", get_time)
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
     return app

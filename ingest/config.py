@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _WRITE_KEY = re.compile(r"^[!-~]+$")  # sent in a header or a query string: printable ASCII, no spaces
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 _ORIGIN = re.compile(r"^(\*|null|[a-z][a-z0-9+.-]*://[^/?#\s]+)$", re.I)  # scheme://host[:port], no path
 
 
@@ -55,6 +56,9 @@ class Settings:
     body_timeout_seconds: float = 30.0
     keepalive_timeout_seconds: float = 15.0
     max_connections: int = 4096
+    # A request header a trusted proxy sets to the client's country (CF-IPCountry, CloudFront-Viewer-Country);
+    # events without country_code get it. Empty: such events get ZZ. Only set it behind a proxy that overwrites it.
+    country_header: str = ""
 
     def __post_init__(self) -> None:
         if not _DATABASE_NAME.match(self.clickhouse_database):
@@ -83,6 +87,9 @@ class Settings:
         if not all(_WRITE_KEY.match(k) for k in self.write_keys):
             # The value is a secret: say what is wrong, never echo it.
             raise ConfigError("INGEST_WRITE_KEYS: each key must be printable ASCII without spaces or commas")
+        if self.country_header and not _HEADER_NAME.match(self.country_header):
+            raise ConfigError(f"INGEST_COUNTRY_HEADER: {self.country_header[:100]!r} is not an HTTP header name, "
+                              "e.g. CF-IPCountry")
         for origin in self.cors_origins:
             if not _ORIGIN.match(origin):
                 raise ConfigError(f"INGEST_CORS_ORIGINS: {origin[:100]!r} is not an origin "
@@ -140,6 +147,7 @@ _ENV = {
     "body_timeout_seconds": "INGEST_BODY_TIMEOUT_SECONDS",
     "keepalive_timeout_seconds": "INGEST_KEEPALIVE_TIMEOUT_SECONDS",
     "max_connections": "INGEST_MAX_CONNECTIONS",
+    "country_header": "INGEST_COUNTRY_HEADER",
 }
 ENV_VARS = tuple(_ENV.values())
 
@@ -164,6 +172,8 @@ _HELP = {
     "body_timeout_seconds": "a request's body must arrive within this of its headers, or 408",
     "keepalive_timeout_seconds": "an idle connection is closed after this",
     "max_connections": "most connections open at once (fewer if the open-files limit is lower)",
+    "country_header": "trusted proxy header with the client's country, for events without country_code "
+                      "(e.g. CF-IPCountry; empty: they get ZZ)",
 }
 
 

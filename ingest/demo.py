@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from itertools import accumulate
 from typing import Any
 
-MAX_BATCH = 500  # the service's per-request limit
+from .client import MAX_BATCH, Client, Stats  # MAX_BATCH: the service's per-request limit
 
 # Feature names in popularity order: rank k is used with weight 1/k**ZIPF_EXPONENT.
 FEATURES = (
@@ -196,104 +196,67 @@ class Report:
         return "\n".join(lines)
 
 
-async def _post(session, url: str, batch: list[dict[str, Any]], report: Report, max_attempts: int,
-                stop_retrying: asyncio.Event) -> None:
-    """POST one batch; resend after 503/5xx/429 (waiting Retry-After) or a connection error, up to max_attempts."""
-    import aiohttp
-    import orjson
-
-    body = orjson.dumps(batch)
-    last_error = "no answer"
-    for attempt in range(1, max_attempts + 1):
-        if attempt > 1:
-            report.retried += len(batch)
-            report.retried_requests += 1
-        report.requests += 1
-        delay = min(0.5 * 2 ** (attempt - 1), 10.0)
-        try:
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                report.statuses[resp.status] = report.statuses.get(resp.status, 0) + 1
-                if resp.status == 429 or resp.status >= 500:  # 503 is the service's "storage is behind"
-                    delay = _retry_after(resp.headers.get("Retry-After"), delay)
-                else:
-                    answer = await resp.json(content_type=None)
-                    if resp.status in (202, 400) and "accepted" in answer:
-                        report.accepted += answer["accepted"]
-                        report.rejected += len(answer["rejected"])
-                    else:  # refused whole (4xx) or an unexpected answer: resending would not help
-                        report.rejected += len(batch)
-                        if resp.status in _FATAL_STATUSES and report.fatal is None:
-                            message = answer.get("message") if isinstance(answer, dict) else None
-                            report.fatal = f"the service answered {resp.status} to POST {url}" + (
-                                f": {message}" if message else "") + _FATAL_STATUSES[resp.status]
-                    return
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            last_error = str(exc) or type(exc).__name__
-        if attempt == max_attempts or stop_retrying.is_set():
-            break
-        await asyncio.sleep(delay)
-    report.failed += len(batch)
-    if report.fatal is None and attempt == max_attempts:
-        report.fatal = f"gave up on a request after {max_attempts} attempts ({last_error})"
-
-
 # Answers every later request would get too: the run stops at the first, and says why.
 _FATAL_STATUSES = {401: " (pass the write key: this demo sends none)", 403: "", 404: " (is --url the service's base "
                    "URL, without /events?)", 405: "", 413: " (try a smaller --batch)", 415: ""}
 
 
-def _retry_after(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, min(float(value), 60.0)) if value is not None else default
-    except ValueError:
-        return default
+def _tally(report: Report, stats: Stats, url: str, max_attempts: int) -> None:
+    """Copy what the client did into the report, and say why the run must stop if it must."""
+    report.accepted, report.retried = stats.accepted, stats.retried
+    report.rejected = stats.rejected + stats.refused  # refused one by one, or in a request refused whole (4xx)
+    report.failed = stats.failed + stats.dropped
+    report.requests, report.retried_requests = stats.requests, stats.retried_requests
+    report.statuses = dict(stats.statuses)
+    if report.fatal is None and stats.last_refusal is not None and stats.last_refusal[0] in _FATAL_STATUSES:
+        status, _, message = stats.last_refusal
+        report.fatal = f"the service answered {status} to POST {url}" + (f": {message}" if message else "") \
+            + _FATAL_STATUSES[status]
+    if report.fatal is None and stats.failed:
+        report.fatal = (f"gave up on {stats.failed:,} events after up to {max_attempts} attempts each "
+                        f"({stats.last_error or 'no answer'})")
 
 
 async def run(url: str, rate: float, duration: float | None = None, spike: ErrorSpike | None = None,
               seed: int | None = None, batch_max: int = MAX_BATCH, concurrency: int = 16,
               max_attempts: int = 8, drain_seconds: float = 30.0,
               stop: asyncio.Event | None = None, progress=None) -> Report:
-    """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set."""
-    import aiohttp
+    """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set.
 
+    The events go through ingest.client: `concurrency` sender threads, batches of up to `batch_max`, each resent
+    after a 503/429 (Retry-After) or a network error, up to `max_attempts` times.
+    """
     if not 0 < batch_max <= MAX_BATCH:
         raise ValueError(f"batch size must be 1..{MAX_BATCH}")
     traffic = Traffic(random.Random(seed))
     report = Report()
     stop = stop or asyncio.Event()
-    stop_retrying = asyncio.Event()
-    events_url = url.rstrip("/") + "/events"
     # Small batches at low rates keep the dashboard live; at high rates full batches keep requests few.
     tick = min(0.25, max(0.01, batch_max / rate))
-    slots = asyncio.Semaphore(concurrency)
-    tasks: set[asyncio.Task] = set()
-
-    async def send(batch):
-        try:
-            await _post(session, events_url, batch, report, max_attempts, stop_retrying)
-        except asyncio.CancelledError:
-            report.failed += len(batch)  # unanswered at the end: the service may or may not have it
-            raise
-        finally:
-            slots.release()
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    # Events waiting or in flight at most: beyond, the generator waits (a slow service slows it down, and the
+    # client's queue, twice as large, never has to drop any).
+    window = concurrency * batch_max
+    client = Client(url, batch_size=batch_max, flush_interval=tick, max_queue=2 * window, threads=concurrency,
+                    timeout=30, max_backoff=10, max_attempts=max_attempts, exit_timeout=0)
+    events_url = client.url
+    try:
         started = time.monotonic()
         while not stop.is_set():
             elapsed = time.monotonic() - started
             finished = duration is not None and elapsed >= duration
             due = int(rate * (min(elapsed, duration) if duration is not None else elapsed)) - report.sent
             stamp, error_rate = rfc3339(time.time()), error_rate_at(elapsed, spike)
-            while due > 0 and not stop.is_set():
+            while due > 0 and not stop.is_set() and not report.fatal:
+                while client.pending >= window and not stop.is_set():  # back-pressure
+                    await asyncio.sleep(0.005)
+                    _tally(report, client.stats, events_url, max_attempts)
                 batch = traffic.events(min(due, batch_max), stamp, error_rate)
                 due -= len(batch)
                 report.sent += len(batch)
                 report.errors_sent += sum(e["event_name"] == "error_occurred" for e in batch)
-                # Waiting for a free slot is the back-pressure: a slow service slows the generator.
-                await slots.acquire()
-                task = asyncio.create_task(send(batch))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                for event in batch:
+                    client.track(**event)
+            _tally(report, client.stats, events_url, max_attempts)
             if finished or report.fatal:
                 break
             if progress is not None:
@@ -303,14 +266,13 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
             except asyncio.TimeoutError:
                 pass
         report.elapsed = time.monotonic() - started
-        if tasks:
-            _, pending = await asyncio.wait(set(tasks), timeout=drain_seconds)
-            if pending:
-                stop_retrying.set()
-                _, pending = await asyncio.wait(pending, timeout=5)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        # What is still pending gets drain_seconds, then 5 s more, and is given up (counted as failed). After an
+        # answer every request would get, nothing more is sent.
+        if not report.fatal:
+            await asyncio.to_thread(client.flush, drain_seconds)
+    finally:
+        await asyncio.to_thread(client.close, 0 if report.fatal else 5)
+    _tally(report, client.stats, events_url, max_attempts)
     return report
 
 

@@ -23,6 +23,9 @@ MAX_AGE = timedelta(days=90)
 # Client clocks drift; an hour covers that without letting "future" events sit in live panels.
 MAX_FUTURE = timedelta(hours=1)
 
+# ISO 3166 leaves ZZ to users; it means "unknown" in the table (and XX, which Cloudflare sends, is not kept).
+UNKNOWN_COUNTRY = "ZZ"
+
 COLUMNS = ("event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties")
 COLUMN_TYPES = ("LowCardinality(String)", "DateTime64(3, 'UTC')", "String", "Nullable(String)",
                 "LowCardinality(String)", "LowCardinality(FixedString(2))", "String")
@@ -78,9 +81,10 @@ class EventValidator:
     def __init__(self, schema: dict[str, Any] = SCHEMA) -> None:
         self._fast = jsonschema_rs.validator_for(schema)
         # One call for a whole request: when every event is valid (the usual case) that is all it costs.
+        # The definitions stay at the root, where the event schema's "#/definitions/..." references point.
         self._fast_all = jsonschema_rs.validator_for(
-            {"$schema": schema["$schema"], "type": "array",
-             "items": {k: v for k, v in schema.items() if k not in ("$schema", "$id")}})
+            {"$schema": schema["$schema"], "type": "array", "definitions": schema.get("definitions", {}),
+             "items": {k: v for k, v in schema.items() if k not in ("$schema", "$id", "definitions")}})
         self._detailed = jsonschema.Draft7Validator(schema)
 
     def errors(self, event: Any) -> list[FieldError]:
@@ -97,15 +101,19 @@ class EventValidator:
         """Schema check only (no timestamp window), via the compiled validator."""
         return self._fast.is_valid(event)
 
-    def to_row(self, event: Any, now: float | None = None) -> Row | list[FieldError]:
+    def to_row(self, event: Any, now: float | None = None, country: str = UNKNOWN_COUNTRY) -> Row | list[FieldError]:
         """The table row for a valid event, or the list of what is wrong with it."""
         if not self._fast.is_valid(event):
             return self._report(event)
-        return self._row(event, *_window(now))
+        return self._row(event, *_window(now), country)
 
-    def judge(self, events: list[Any], now: float | None = None) -> tuple[list[Row], list[dict[str, Any]]]:
-        """Rows of the valid events, and for each invalid one its index and errors."""
-        window = _window(now)
+    def judge(self, events: list[Any], now: float | None = None,
+              country: str = UNKNOWN_COUNTRY) -> tuple[list[Row], list[dict[str, Any]]]:
+        """Rows of the valid events, and for each invalid one its index and errors.
+
+        country is what events without a country_code get (see country_from_header).
+        """
+        window = (*_window(now), country)
         rows: list[Row] = []
         rejected: list[dict[str, Any]] = []
         all_match = self._fast_all.is_valid(events)
@@ -130,7 +138,7 @@ class EventValidator:
         return self.errors(event) or [FieldError("", "event does not match the schema")]
 
     @staticmethod
-    def _row(event: dict[str, Any], oldest_ms: int, newest_ms: int) -> Row | list[FieldError]:
+    def _row(event: dict[str, Any], oldest_ms: int, newest_ms: int, country: str) -> Row | list[FieldError]:
         text = event["timestamp"]
         try:
             # The schema's pattern already holds, so the C parser only has to agree on the instant;
@@ -147,11 +155,31 @@ class EventValidator:
         if ms > newest_ms:
             return [FieldError("/timestamp", "more than 1 hour in the future; check the client clock")]
         props = event.get("properties")
+        text = orjson.dumps(props) if props else b"{}"
+        if len(text) > MAX_PROPERTIES_BYTES:
+            return [FieldError("/properties", f"too large: {len(text):,} bytes as JSON, at most "
+                                              f"{MAX_PROPERTIES_BYTES:,}")]
         return (event["event_name"], ms, event["session_id"], event.get("user_id"), event["device_type"],
-                event["country_code"], orjson.dumps(props).decode() if props else "{}")
+                event.get("country_code", country), text.decode())
 
 
-MAX_DEPTH = 16  # far above any valid event (2), far below what jsonschema's recursion can report on
+# properties is stored as JSON text; nested values make its size open-ended, so the text is bounded as a whole.
+# Flat properties at the schema's limits (32 keys, 1024-character strings) stay well under it in plain text.
+MAX_PROPERTIES_BYTES = 65_536
+# How deep objects and arrays may nest inside properties: the schema's level1..level5 definitions.
+MAX_PROPERTIES_NESTING = 5
+def country_from_header(value: str | None) -> str:
+    """The country a trusted proxy's header names (CF-IPCountry: DE), or ZZ when it names none.
+
+    Anything but two letters is unknown: absent, empty, Cloudflare's XX (no data) and T1 (Tor).
+    """
+    value = (value or "").strip().upper()
+    if len(value) == 2 and value.isascii() and value.isalpha() and value != "XX":
+        return value
+    return UNKNOWN_COUNTRY
+
+
+MAX_DEPTH = 16  # far above any valid event (7), far below what jsonschema's recursion can report on
 
 
 def _too_deep(event: Any) -> str | None:
@@ -196,7 +224,6 @@ _PATTERN_WORDS = {
 }
 _NAME_WORDS = ("must start with a letter or _ and contain only letters, digits, _ . and - (at most 64 characters), "
                "e.g. plan_name")
-_VALUE_WORDS = "must be a string of at most 1024 characters, a number, a boolean or null"
 
 
 def _missing(err: jsonschema.ValidationError) -> str:
@@ -220,6 +247,10 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"must be one of {', '.join(map(str, err.validator_value))}, got {str(err.instance)[:80]!r}"
     if err.validator == "pattern":
         return _PATTERN_WORDS.get(err.validator_value, f"has the wrong format (expected {err.validator_value})")
+    if err.validator == "type" and isinstance(err.instance, (dict, list)) and "object" not in err.validator_value \
+            and err.absolute_path and err.absolute_path[0] == "properties":
+        return (f"nested too deep: objects and arrays nest at most {MAX_PROPERTIES_NESTING} levels inside "
+                "properties; below that only strings, numbers, booleans and null")
     if err.validator == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -230,10 +261,6 @@ def _message(err: jsonschema.ValidationError) -> str:
         return "must not be empty" if err.validator_value == 1 else f"shorter than {err.validator_value} characters"
     if err.validator == "maxProperties":
         return f"too many properties: {len(err.instance)}, at most {err.validator_value}"
-    if err.validator == "anyOf":
-        if isinstance(err.instance, str):
-            return f"too long: {len(err.instance):,} characters, at most 1024"
-        return f"{_VALUE_WORDS}, got {_json_type(err.instance)}"
     return err.message[:300]
 
 

@@ -56,6 +56,8 @@ def test_a_password_holding_an_at_sign_is_redacted_whole():
     ({"INGEST_KEEPALIVE_TIMEOUT_SECONDS": "-1"}, "INGEST_KEEPALIVE_TIMEOUT_SECONDS"),
     ({"INGEST_MAX_CONNECTIONS": "0"}, "INGEST_MAX_CONNECTIONS"),
     ({"INGEST_MAX_CONNECTIONS": "many"}, "INGEST_MAX_CONNECTIONS"),
+    ({"INGEST_COUNTRY_HEADER": "CF IPCountry"}, "INGEST_COUNTRY_HEADER"),
+    ({"INGEST_COUNTRY_HEADER": "CF-IPCountry:"}, "INGEST_COUNTRY_HEADER"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ConfigError, match=message):

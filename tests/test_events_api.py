@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -88,7 +89,18 @@ PER_EVENT_ERRORS = [
     pytest.param(event(country_code="de"), "/country_code", "two-letter upper-case country code", id="country-lowercase"),
     pytest.param(event(country_code="DEU"), "/country_code", "e.g. DE", id="country-alpha3"),
     pytest.param(event(properties=[1]), "/properties", "must be object", id="properties-array"),
-    pytest.param(event(properties={"a": {"b": 1}}), "/properties/a", "got object", id="nested-property"),
+    pytest.param(event(properties={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}), "/properties/a/b/c/d/e/f",
+                 "nested too deep: objects and arrays nest at most 5 levels", id="nested-six-levels"),
+    pytest.param(event(properties={"a": [[[[[[1]]]]]]}), "/properties/a/0/0/0/0/0", "nest at most 5 levels",
+                 id="arrays-six-levels"),
+    pytest.param(event(properties={"cart": {"items": [{"sku": "x" * 1025}]}}), "/properties/cart/items/0/sku",
+                 "too long: 1,025 characters, at most 1024", id="nested-string-too-long"),
+    pytest.param(event(properties={"cart": {"bad key": 1}}), "/properties/cart", "property name 'bad key' must start",
+                 id="nested-bad-key"),
+    pytest.param(event(properties={"cart": {f"k{i}": i for i in range(33)}}), "/properties/cart",
+                 "too many properties: 33, at most 32", id="nested-too-many-keys"),
+    pytest.param(event(properties={f"k{i}": ["x" * 1000] * 3 for i in range(32)}), "/properties",
+                 "too large: 96,535 bytes as JSON, at most 65,536", id="properties-over-64-kib"),
     pytest.param(event(properties={"a": "x" * 1025}), "/properties/a", "too long: 1,025 characters, at most 1024", id="property-too-long"),
     pytest.param(event(properties={f"k{i}": i for i in range(33)}), "/properties", "too many properties: 33, at most 32",
                  id="too-many-properties"),
@@ -114,6 +126,59 @@ async def test_each_invalid_event_is_refused_with_path_and_message(make_client, 
     assert any(e["path"] == path and message in e["message"] for e in rejected["errors"]), rejected
     await eventually(lambda: count(ch) == 1)
     assert ch.command("SELECT any(session_id) FROM events") == "good"
+
+
+async def test_nested_properties_are_stored_as_json_the_dashboards_can_read(make_client, ch):
+    # The column is JSON text: nested objects and arrays land whole, and the feature rule still reads its key.
+    client = await make_client()
+    cart = {"items": [{"sku": "A-1", "qty": 2, "tags": ["new", None]}, {"sku": "B-2", "qty": 1}], "total": 30.5}
+    deepest = {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}  # five levels of objects: the most allowed
+    resp = await client.post("/events", json=[
+        event(session_id="cart", properties={"cart": cart, "coupon": None}),
+        event("feature_used", session_id="feature", properties={"feature": "export", "options": {"format": "csv"}}),
+        event(session_id="deep", properties=deepest),
+        event(session_id="largest", properties={f"k{i}": "x" * 1024 for i in range(32)})])
+    assert resp.status == 202 and await resp.json() == {"accepted": 4, "rejected": []}
+    await eventually(lambda: count(ch) == 4)
+    stored = dict(ch.query("SELECT session_id, properties FROM events").result_rows)
+    assert json.loads(stored["cart"]) == {"cart": cart, "coupon": None}
+    assert json.loads(stored["deep"]) == deepest
+    assert ch.command("SELECT JSONExtractInt(properties, 'cart', 'items', 1, 'qty') FROM events "
+                      "WHERE session_id = 'cart'") == 2
+    assert ch.command("SELECT JSONExtractString(properties, 'feature') FROM events WHERE session_id = 'feature'") \
+        == "export"
+
+
+def _no_country(**fields):
+    e = event(**fields)
+    del e["country_code"]
+    return e
+
+
+async def test_without_a_country_header_setting_events_without_a_country_are_stored_as_zz(make_client, ch):
+    # Off by default: a header the client itself can send is not trusted.
+    client = await make_client()
+    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
+                             headers={"CF-IPCountry": "FR"})
+    assert resp.status == 202 and await resp.json() == {"accepted": 2, "rejected": []}
+    await eventually(lambda: count(ch) == 2)
+    assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
+        "none": "ZZ", "own": "DE"}
+
+
+@pytest.mark.parametrize(("header", "stored"), [
+    ("FR", "FR"), ("fr", "FR"), (" US ", "US"), ("XX", "ZZ"), ("T1", "ZZ"), ("", "ZZ"), ("FRA", "ZZ"), (None, "ZZ"),
+])
+async def test_a_configured_proxy_header_gives_events_without_a_country_theirs(make_client, ch, header, stored):
+    client = await make_client(country_header="CF-IPCountry")
+    headers = {} if header is None else {"cf-ipcountry": header}  # header names are case-insensitive
+    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
+                             headers=headers)
+    assert resp.status == 202 and (await resp.json())["accepted"] == 2
+    await eventually(lambda: count(ch) == 2)
+    # The event's own country wins: a backend sending on a visitor's behalf may know it.
+    assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
+        "none": stored, "own": "DE"}
 
 
 async def test_a_request_whose_events_are_all_invalid_is_a_400_that_lists_them(make_client):
@@ -182,7 +247,7 @@ async def test_schema_endpoint_serves_the_validating_document(make_client):
     doc = json.loads(await resp.read())
     assert doc["properties"]["event_name"]["enum"] == [
         "page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"]
-    assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type", "country_code"}
+    assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type"}  # country: optional
 
 
 async def test_unknown_routes_and_methods_answer_json(make_client):
@@ -199,3 +264,29 @@ async def test_a_body_over_the_limit_is_told_its_size_and_the_limit(make_client)
     assert resp.status == 413
     message = (await resp.json())["message"]
     assert "70,002 bytes" in message and "65,536" in message and "INGEST_MAX_BODY_BYTES" in message
+
+
+async def test_every_answer_carries_the_service_clock_in_milliseconds(make_client, ch, settings):
+    # Clients correct their clocks with it: accepted, refused in part or whole, refused for size, and full (503).
+    client = await make_client(max_body_bytes=65_536, buffer_max_events=2, flush_events=2,
+                               flush_interval_seconds=0.05, retry_max_seconds=0.1)
+    await client.get("/health")  # the table exists
+    answers = []
+    for body in (orjson.dumps([event()]), orjson.dumps([event(), event(device_type="fridge")]),
+                 orjson.dumps([event(device_type="fridge")]), b"[{", b"[" + b" " * 70_000 + b"]"):
+        before = time.time_ns() // 1_000_000
+        resp = await client.post("/events", data=body, headers={"Content-Type": "application/json"})
+        answers.append((resp.status, before, int(resp.headers["Server-Time"]), time.time_ns() // 1_000_000))
+    await eventually(lambda: count(ch) == 2)
+    ch.command("DROP TABLE events SYNC")  # storage fails: the buffer fills and the service answers 503
+    for _ in range(3):
+        before = time.time_ns() // 1_000_000
+        resp = await client.post("/events", json=[event()])
+        answers.append((resp.status, before, int(resp.headers["Server-Time"]), time.time_ns() // 1_000_000))
+    assert [a[0] for a in answers] == [202, 202, 400, 400, 413, 202, 202, 503]
+    assert all(before <= server <= after for _, before, server, after in answers), answers
+    clock = await client.get("/time")
+    body = await clock.json()
+    assert clock.status == 200 and clock.headers["Cache-Control"] == "no-store"  # a cached clock would be wrong
+    server_ms = int(clock.headers["Server-Time"])
+    assert abs(datetime.fromisoformat(body["now"]).timestamp() * 1000 - server_ms) < 1000

@@ -79,5 +79,5 @@ def test_the_wheel_carries_the_schema_document_and_the_init_ddl(tmp_path):
     [wheel] = tmp_path.glob("ingest-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sql = sorted(p.name for p in (ROOT / "clickhouse" / "init" / "sql").glob("*.sql"))
-    assert {"ingest/event.schema.json", "ingest/openapi.json"} <= names
+    assert {"ingest/event.schema.json", "ingest/openapi.json", "ingest/tracker.js"} <= names
     assert {f"ingest/ddl/{n}" for n in sql} <= names

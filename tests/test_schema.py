@@ -61,7 +61,9 @@ def test_the_accepted_window_is_90_days_back_to_1_hour_ahead(offset, ok):
 def _valid_events():
     return [event(name) for name in SCHEMA["properties"]["event_name"]["enum"]] + [
         event(user_id=None), event(properties={"a": None, "b": 1.5, "c": True, "d": "x" * 1024}),
-        event(country_code="ZZ", device_type="other", session_id="~" * 128)]
+        event(country_code="ZZ", device_type="other", session_id="~" * 128),
+        event(properties={"cart": {"items": [{"sku": "a", "qty": 1}, [1, [2, [3]]]], "note": None}}),
+        event(properties={"a": [{"b": [{"c": "x" * 1024}]}]})]
 
 
 @pytest.mark.parametrize("candidate", _valid_events() + [p.values[0] for p in PER_EVENT_ERRORS])
