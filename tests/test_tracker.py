@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import json
 import re
 import time
@@ -113,12 +114,29 @@ def test_the_tracker_is_a_small_static_script_cacheable_by_its_etag(settings, ch
         assert first.status_code == 200 and first.headers["Content-Type"] == "text/javascript; charset=utf-8"
         assert len(first.content) < 16_000 and "window.ingest" in first.text  # readable as served, no build step
         etag = first.headers["ETag"]
-        assert re.fullmatch(r'"[0-9a-f]{32}"', etag) and "max-age=" in first.headers["Cache-Control"]
+        assert re.fullmatch(r'"[0-9a-f]{32}(-gzip)?"', etag) and "max-age=" in first.headers["Cache-Control"]
         for current in (etag, f"W/{etag}", f'"other", {etag}', "*"):
             again = requests.get(f"{ingest}/tracker.js", headers={"If-None-Match": current}, timeout=10)
             assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag, current
         stale = requests.get(f"{ingest}/tracker.js", headers={"If-None-Match": '"0123"'}, timeout=10)
         assert stale.status_code == 200 and stale.content == first.content
+
+
+def test_the_tracker_goes_compressed_to_clients_that_accept_gzip(settings, ch):
+    with serving(create_app(settings)) as ingest:
+        plain = requests.get(f"{ingest}/tracker.js", headers={"Accept-Encoding": "identity"}, timeout=10)
+        packed = requests.get(f"{ingest}/tracker.js", headers={"Accept-Encoding": "gzip, deflate, br"}, timeout=10,
+                              stream=True)
+        wire = packed.raw.read(decode_content=False)
+        assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+        assert packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
+        assert gzip.decompress(wire) == plain.content and len(wire) < 6_000 < len(plain.content)
+        assert packed.headers["ETag"] != plain.headers["ETag"]  # another representation, another tag
+        for tag in (plain.headers["ETag"], packed.headers["ETag"]):
+            again = requests.get(f"{ingest}/tracker.js", headers={"If-None-Match": tag}, timeout=10)
+            assert again.status_code == 304, tag
+        refused = requests.get(f"{ingest}/tracker.js", headers={"Accept-Encoding": "gzip;q=0"}, timeout=10)
+        assert "Content-Encoding" not in refused.headers and refused.content == plain.content
 
 
 async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_one_session(ch, shop):
