@@ -202,8 +202,16 @@ def _scale(times: list[Any], values: list[Any], width: int, percent: bool = Fals
     if not known:
         return "  no data in range"
     step = max(1, math.ceil(len(values) / width))
-    per = "1 mark = 1 min" if step == 1 else f"1 mark = max of {step} min"
+    minutes = step * _spacing_minutes(times)
+    per = f"1 mark = {minutes} min" if step == 1 else f"1 mark = max of {minutes} min"
     return f"  min {_num(min(known), percent)}  max {_num(max(known), percent)}  {per}  {_span(times[0], times[-1])}"
+
+
+def _spacing_minutes(times: list[Any]) -> int:
+    """Minutes between a series' points (the first two; the last point, the range's end, may be closer)."""
+    if len(times) > 2 and all(isinstance(t, datetime) for t in times[:2]):
+        return max(1, round((times[1] - times[0]).total_seconds() / 60))
+    return 1
 
 
 def _span(start: Any, end: Any) -> str:
