@@ -218,7 +218,8 @@ def main() -> int:
         slow, slow_rows = timed(client, expand(raw_sql, qrange), args.raw_runs, min(args.warmups, 1))
         ratio = statistics.median(slow) / statistics.median(fast)
         print(f"| {title} | {name} | {label} | {statistics.median(fast):.1f} | {p95(fast):.1f} "
-              f"| {statistics.median(slow):.0f} | {p95(slow):.0f} | {ratio:.0f}x | {difference(fast_rows, slow_rows)} |",
+              f"| {statistics.median(slow):.0f} | {p95(slow):.0f} | {ratio:.{0 if ratio >= 10 else 1}f}x "
+              f"| {difference(fast_rows, slow_rows)} |",
               flush=True)
     print(f"\nload average after the run (1/5/15 min): {' / '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     client.close()
