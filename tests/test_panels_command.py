@@ -126,7 +126,10 @@ def test_panels_watch_into_a_pipe_prints_frames_without_screen_codes(tmp_path, m
     Service(tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal")).wait_healthy().stop()
     proc = subprocess.Popen([sys.executable, "-m", "ingest", "panels", "--watch"], cwd=tmp_path,
                             env={**__import__("os").environ, "CLICKHOUSE_URL": f"chdb://{data}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A run started in the background of a shell (`pytest &`) ignores SIGINT, and children
+                            # inherit that: give this one Ctrl-C as a terminal would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(7)  # two refreshes, 5 s apart
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
