@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import first_line
 from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
 from .variables import Variable, VariableError, substitute
 
@@ -120,8 +121,7 @@ def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> 
         except (VariableError, MacroError) as exc:
             raise VariableError(f"the query of ${spec['name']}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - one line, as a panel's error is shown
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise VariableError(f"the query of ${spec['name']} failed: {first}") from None
+            raise VariableError(f"the query of ${spec['name']} failed: {first_line(exc)}") from None
         # Values reach Grafana as text (a FixedString comes back as bytes from the Python client).
         loaded[spec["name"]] = tuple(_text(row[0]) for row in rows if row)
     return loaded
@@ -145,7 +145,7 @@ def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
             columns, rows = run(sql)
             results.append(PanelResult(panel, columns, rows))
         except Exception as exc:  # noqa: BLE001 - shown in place of the panel, as Grafana does
-            results.append(PanelResult(panel, [], [], str(exc).strip().splitlines()[0][:300]))
+            results.append(PanelResult(panel, [], [], first_line(exc)))
     return results
 
 

@@ -17,3 +17,9 @@ def path_problem(path: Path, exc: OSError) -> str:
                 return f"{parent} is a file, not a directory"
             break
     return exc.strerror or str(exc)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line for a one-line message (its type's name when it says nothing), at most limit long."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -165,11 +165,6 @@ def _label(settings, via: str | None = None) -> str:
     return head + where + (f"\nvia the service at {via} (it holds the embedded data)" if via else "")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _num(value: Any, percent: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

@@ -16,7 +16,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError, OperationalError
 
-from .errors import StartupError, path_problem
+from .errors import StartupError, first_line, path_problem
 from .schema import COLUMNS, Row
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def reason(exc: BaseException) -> str:
     if errno_text:
         return errno_text.group(1).strip()
     code = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(version [^)]*\))?$", text.splitlines()[0] if text else "")
-    return (code.group(1) if code else (text.splitlines()[0] if text else type(exc).__name__))[:300]
+    return code.group(1)[:300] if code else first_line(exc)
 
 
 def embedded_failure(path: Path, exc: BaseException) -> str:
@@ -139,8 +139,7 @@ def embedded_failure(path: Path, exc: BaseException) -> str:
     if holder is not None:
         return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): one process "
                 "can open it at a time; stop that one first, or point CLICKHOUSE_URL at another directory")
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"cannot open the embedded ClickHouse in {path}: {first_line[:300]}"
+    return f"cannot open the embedded ClickHouse in {path}: {first_line(exc)}"
 
 
 def data_holder(path: Path) -> str | None:

@@ -74,6 +74,23 @@ def test_a_query_the_plugin_refuses_shows_the_plugins_message_and_never_reaches_
     assert len(ran) == len(results) - 1
 
 
+def test_a_query_failing_without_a_message_shows_the_failures_kind_and_the_other_panels_still_run():
+    from ingest import dashboard as dash
+
+    board = dash.load_dashboard()
+    qrange = dash.query_range("1h", datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+    calls = []
+
+    def run(sql):  # the first panel's query times out with an empty message, as a socket timeout can
+        calls.append(sql)
+        if len(calls) == 1:
+            raise TimeoutError()
+        return ["x"], []
+
+    results = dash.run_panels(board, qrange, run)
+    assert [r.error for r in results] == ["TimeoutError"] + [None] * (len(results) - 1)
+
+
 def test_panels_subcommand_rejects_ranges_the_picker_does_not_offer(capsys):
     with pytest.raises(SystemExit):
         cli(["panels", "--range", "7d"])
