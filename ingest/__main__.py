@@ -157,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "panels":
         from . import panels as panels_command
 
-        chosen: dict[str, list[str]] = {}
-        for item in args.var:
-            name, sep, value = item.partition("=")
-            if not sep or not name:
-                parser.error(f"--var takes NAME=VALUE, not {item!r}")
-            chosen.setdefault(name, []).append(value)
+        from .variables import VariableError, chosen_values
+
+        try:
+            chosen = chosen_values(args.var)
+        except VariableError as exc:
+            parser.error(f"--var: {exc}")
         for flag, name, given in (("--device", "device_type", args.device), ("--country", "country_code", args.country)):
             if given is None:
                 continue

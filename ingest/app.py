@@ -20,7 +20,7 @@ from . import access
 from .buffer import Buffer, BufferFull
 from .config import Settings
 from .dashboard import RANGES, load_dashboard, load_options, query_range, results_to_json, run_panels
-from .variables import VariableError, dashboard_variables, describe
+from .variables import VariableError, chosen_values, dashboard_variables, describe
 from .connections import ACCEPT_FAILED, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -233,14 +233,11 @@ async def get_panels(request: web.Request) -> web.Response:
     name = request.query.get("range", "1h")
     if name not in RANGES:
         return _error(400, "bad_range", f"range must be one of {', '.join(RANGES)}, got {name[:20]!r}")
-    chosen: dict[str, list[str]] = {}
-    for item in request.query.getall("var", []):
-        var_name, _, value = item.partition("=")
-        chosen.setdefault(var_name, []).append(value)
     dashboard = request.app[DASHBOARD]
     qrange = query_range(name)
     sink = request.app[PIPELINE].sink
     try:
+        chosen = chosen_values(request.query.getall("var", []))
         # Query variables load their options from ClickHouse, as Grafana does when it opens the dashboard.
         loaded = await asyncio.to_thread(load_options, dashboard, qrange, sink.query)
         variables = dashboard_variables(dashboard, chosen, loaded)
@@ -274,12 +271,12 @@ TRACKER_ETAG_GZIP = TRACKER_ETAG[:-1] + '-gzip"'
 TRACKER_CACHE_CONTROL = "public, max-age=3600"
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an If-None-Match header names etag (weak comparison, as RFC 9110 asks for If-None-Match)."""
+def _etag_matches(if_none_match: str | None, *etags: str) -> bool:
+    """Whether an If-None-Match header names one of etags (weak comparison, as RFC 9110 asks for If-None-Match)."""
     if not if_none_match:
         return False
     tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-    return "*" in tags or etag in tags
+    return "*" in tags or any(etag in tags for etag in etags)
 
 
 async def get_tracker(request: web.Request) -> web.Response:
@@ -287,7 +284,7 @@ async def get_tracker(request: web.Request) -> web.Response:
     compressed = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
     etag = TRACKER_ETAG_GZIP if compressed else TRACKER_ETAG
     headers = {"ETag": etag, "Cache-Control": TRACKER_CACHE_CONTROL, "Vary": "Accept-Encoding"}
-    if any(_etag_matches(request.headers.get("If-None-Match"), tag) for tag in (TRACKER_ETAG, TRACKER_ETAG_GZIP)):
+    if _etag_matches(request.headers.get("If-None-Match"), TRACKER_ETAG, TRACKER_ETAG_GZIP):
         return web.Response(status=304, headers=headers)
     if compressed:
         headers["Content-Encoding"] = "gzip"

@@ -88,6 +88,18 @@ def _listed(values: tuple[str, ...], most: int = 12) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > most else "")
 
 
+def chosen_values(items: list[str]) -> dict[str, list[str]]:
+    """`NAME=VALUE` items (`--var`, `GET /panels?var=`) as each name's chosen values, in order; VariableError for an
+    item without a name or an `=`."""
+    chosen: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise VariableError(f"a variable's value is chosen as NAME=VALUE, not {item[:100]!r}")
+        chosen.setdefault(name, []).append(value)
+    return chosen
+
+
 def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str]] | None = None,
                         loaded: dict[str, tuple[str, ...]] | None = None) -> dict[str, Variable]:
     """The dashboard's variables at their saved selection (`current`), with command-line values taking precedence.

@@ -174,6 +174,9 @@ async def test_the_panels_endpoint_runs_the_dashboard_read_only(make_client, ch,
     assert all(p["error"] is None for p in body["panels"])
     assert body["storage"] == settings.storage_owner
     assert (await client.get("/panels?range=7d")).status == 400
+    for bad in ("device_type", "=mobile", "colour=red"):  # no value, no name, no such variable
+        refused = await client.get("/panels", params={"range": "1h", "var": bad})
+        assert refused.status == 400 and (await refused.json())["error"] == "bad_variable", bad
 
 
 @pytest.mark.parametrize("args,env,words", [
