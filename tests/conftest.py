@@ -40,7 +40,7 @@ def ch(chdb_path, settings):
     client.close()
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=settings.clickhouse_database)
     yield client
-    client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
     client.close()
 
 

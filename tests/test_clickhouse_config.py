@@ -154,7 +154,7 @@ def engine(chdb_path):
         for statement in statements(text):
             scoped.command(statement)
     yield client, database
-    client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     client.close()
     scoped.close()
 

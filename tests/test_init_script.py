@@ -86,7 +86,7 @@ def test_init_script_creates_the_events_table_in_clickhouse_db_as_the_admin_user
         assert "events" in created
         assert {r[0] for r in tables.result_rows} == created
     finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
         client.close()
 
 
