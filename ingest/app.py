@@ -11,6 +11,7 @@ import math
 import time
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import orjson
@@ -25,6 +26,7 @@ from .connections import ACCEPT_FAILED, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .deadletter import DeadLetterFile
+from .idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id, key_problem
 from .openapi import OPENAPI_TEXT
 from .pipeline import Pipeline, WalError
 from .schema import SCHEMA_TEXT, EventValidator, country_from_header
@@ -147,6 +149,22 @@ def _parse_events(body: bytes) -> list[Any]:
     return events
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_PARAM = "idempotency_key"  # for navigator.sendBeacon, which cannot set headers
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The request's idempotency key: the Idempotency-Key header, else ?idempotency_key= (a beacon's way)."""
+    header, param = request.headers.get(IDEMPOTENCY_HEADER), request.query.get(IDEMPOTENCY_PARAM)
+    if header is not None and param is not None and header != param:
+        raise RequestError(400, "bad_idempotency_key", f"the {IDEMPOTENCY_HEADER} header and ?{IDEMPOTENCY_PARAM}= "
+                           "differ: send the key once")
+    key = header if header is not None else param
+    if key is not None and (problem := key_problem(key)):
+        raise RequestError(400, "bad_idempotency_key", f"{IDEMPOTENCY_HEADER} {problem}")
+    return key
+
+
 def _retry_after(app: web.Application) -> dict[str, str]:
     """When a refused client should come back: about one flush interval."""
     return {"Retry-After": str(max(1, math.ceil(app[SETTINGS].flush_interval_seconds)))}
@@ -157,10 +175,39 @@ async def post_events(request: web.Request) -> web.Response:
     app = request.app
     started = time.perf_counter()
     try:
-        events = _parse_events(await _read_body(request, app[SETTINGS].max_body_bytes))
+        key = _idempotency_key(request)
+        body = await _read_body(request, app[SETTINGS].max_body_bytes)
+        events = _parse_events(body)
     except RequestError as exc:
         return access.refuse(exc.status, exc.code, exc.message, request)
-    validator, metrics, settings = app[VALIDATOR], app[METRICS], app[SETTINGS]
+    metrics, keys = app[METRICS], app[PIPELINE].keys
+    ident = print_ = None
+    if key is not None and keys is not None:
+        ident, print_ = key_id(access.presented_key(request.headers, request.query) or "", key), fingerprint(body)
+        try:
+            first = keys.begin(ident, print_)
+        except KeyInUse:
+            return access.refuse(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being "
+                                 "answered; nothing stored, retry later", request, {"Retry-After": "1"})
+        except KeyReused:
+            return access.refuse(422, "idempotency_key_reused", "this Idempotency-Key was answered for a different "
+                                 "request body; nothing stored: use a new key for new events", request)
+        if first is not None:
+            metrics.idempotent_replays.inc()
+            return web.Response(body=first[2], status=first[1], content_type="application/json",
+                                headers={"Idempotent-Replayed": "true"})
+    try:
+        return await _accept(request, events, ident, print_, started)
+    finally:
+        if ident is not None:
+            keys.release(ident)  # a no-op once the key is remembered with the events
+
+
+async def _accept(request: web.Request, events: list[Any], ident: bytes | None, print_: bytes | None,
+                  started: float) -> web.Response:
+    """Validate and buffer the events; with a key, its answer is logged with them (so a repeat gets it)."""
+    app = request.app
+    validator, metrics, settings, pipeline = app[VALIDATOR], app[METRICS], app[SETTINGS], app[PIPELINE]
     # Events without a country get it from a trusted proxy's header when one is configured, never from the client.
     country = country_from_header(request.headers.get(settings.country_header) if settings.country_header else None)
     rows, rejected = validator.judge(events, country=country)
@@ -168,8 +215,10 @@ async def post_events(request: web.Request) -> web.Response:
         metrics.events_rejected.inc(len(rejected))
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
                       "accepted": 0, "rejected": rejected}, 400)
+    answer = orjson.dumps({"accepted": len(rows), "rejected": rejected})
+    record = None if ident is None else pipeline.keys.record(ident, print_, 202, answer)
     try:
-        await app[PIPELINE].accept(rows)
+        await pipeline.accept(rows, record)
     except BufferFull as exc:
         return _error(503, "buffer_full", f"storage is behind ({exc}); nothing stored, retry later",
                       _retry_after(app))
@@ -179,7 +228,7 @@ async def post_events(request: web.Request) -> web.Response:
     metrics.events_accepted.inc(len(rows))
     metrics.events_rejected.inc(len(rejected))
     metrics.request_duration.observe(time.perf_counter() - started)
-    return _json({"accepted": len(rows), "rejected": rejected}, 202)
+    return web.Response(body=answer, status=202, content_type="application/json")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -359,10 +408,17 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     dead_letters = DeadLetterFile(settings.dead_letter_path)
     dead_letters.check_writable()  # now, not when the first refused row arrives
     buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
-    wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner) if settings.durability == "wal" else None
+    durable = settings.durability == "wal"
+    # Idempotency keys live beside the log (its lock covers them); without a log, in memory only.
+    keys = IdempotencyKeys(settings.idempotency_window_seconds, settings.idempotency_max_keys,
+                           Path(settings.wal_dir) / "idempotency-keys" if durable else None,
+                           on_evict=app[METRICS].idempotency_keys_evicted.inc)
+    wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner, before_delete=keys.sync) if durable else None
     sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
-    pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters,
+    pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters, keys=keys,
                         retry_max_seconds=settings.retry_max_seconds)
+    app[METRICS].idempotency_keys.set_function(lambda: len(keys))
+    app[METRICS].idempotency_oldest_key_age.set_function(keys.oldest_age)
     # The log first: it is locked for this process, and says whether it belongs to this storage, before
     # anything is opened or replayed.
     replayed = await asyncio.to_thread(pipeline.recover)
@@ -381,6 +437,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await pipeline.stop()
+        keys.close()
         if wal is not None:
             wal.close()
         await asyncio.to_thread(sink.close)

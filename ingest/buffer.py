@@ -18,7 +18,8 @@ class BufferFull(Exception):
 class Batch:
     """Rows handed to storage together, with the write-ahead-log range they came from (if any).
 
-    The token makes a repeated insert of the same batch a no-op on the server.
+    Its token names it in every insert's deduplication token (and so in the rows stored): a repeat of the same
+    insert is a no-op on the server, and after a crash the batch's rows can be looked for.
     """
 
     rows: list[Row]
@@ -28,6 +29,11 @@ class Batch:
     attempts: int = 0
     # ClickHouse refused every row tried and stored none: the next attempt takes the rows waiting behind it too.
     held: bool = False
+    # The engine may have restarted since an insert of this batch began (the service crashed, or the server
+    # restarted): its deduplication record cannot be trusted, so storage is checked for the rows before any is sent.
+    verify: bool = False
+    # time.time() when the first insert of it began: a server whose uptime is shorter restarted since.
+    started_at: float | None = None
 
 
 class Buffer:

@@ -59,6 +59,11 @@ class Settings:
     # A request header a trusted proxy sets to the client's country (CF-IPCountry, CloudFront-Viewer-Country);
     # events without country_code get it. Empty: such events get ZZ. Only set it behind a proxy that overwrites it.
     country_header: str = ""
+    # Idempotency keys (docs/api.md "Retries and Idempotency-Key"): a POST /events repeated with the key of an
+    # answered one within the window gets the first answer and stores nothing again. At most max_keys are held
+    # (~300 bytes of memory each); beyond, the oldest are forgotten early.
+    idempotency_window_seconds: float = 86_400.0
+    idempotency_max_keys: int = 500_000
 
     def __post_init__(self) -> None:
         if not _DATABASE_NAME.match(self.clickhouse_database):
@@ -72,7 +77,8 @@ class Settings:
             )
         for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
                      "retry_max_seconds", "header_timeout_seconds", "body_timeout_seconds",
-                     "keepalive_timeout_seconds", "max_connections"):
+                     "keepalive_timeout_seconds", "max_connections", "idempotency_window_seconds",
+                     "idempotency_max_keys"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{_ENV[name]} must be positive")
@@ -148,6 +154,8 @@ _ENV = {
     "keepalive_timeout_seconds": "INGEST_KEEPALIVE_TIMEOUT_SECONDS",
     "max_connections": "INGEST_MAX_CONNECTIONS",
     "country_header": "INGEST_COUNTRY_HEADER",
+    "idempotency_window_seconds": "INGEST_IDEMPOTENCY_WINDOW_SECONDS",
+    "idempotency_max_keys": "INGEST_IDEMPOTENCY_MAX_KEYS",
 }
 ENV_VARS = tuple(_ENV.values())
 
@@ -174,6 +182,8 @@ _HELP = {
     "max_connections": "most connections open at once (fewer if the open-files limit is lower)",
     "country_header": "trusted proxy header with the client's country, for events without country_code "
                       "(e.g. CF-IPCountry; empty: they get ZZ)",
+    "idempotency_window_seconds": "how long a repeated Idempotency-Key gets the first answer",
+    "idempotency_max_keys": "most idempotency keys held (~300 bytes each); the oldest go first",
 }
 
 
@@ -182,10 +192,11 @@ def environment_help() -> str:
     defaults = Settings()
     lines = ["environment (unset: the default; .env is read by docker compose only: `set -a; . ./.env; set +a` "
              "exports it for serve):"]
+    width = max(map(len, ENV_VARS))
     for f in fields(Settings):
         value = getattr(defaults, f.name)
         shown = ",".join(value) if isinstance(value, tuple) else str(value)
-        lines.append(f"  {_ENV[f.name]:<30} {_HELP.get(f.name, '')} (default: {shown or 'empty'})")
+        lines.append(f"  {_ENV[f.name]:<{width}} {_HELP.get(f.name, '')} (default: {shown or 'empty'})")
     return "\n".join(lines)
 
 

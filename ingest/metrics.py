@@ -69,6 +69,31 @@ class Metrics:
         self.connections_limit = Gauge(
             "ingest_connections_limit", "Most client connections open at once (INGEST_MAX_CONNECTIONS, or fewer if "
             "the open-files limit is lower).", registry=r)
+        self.events_rechecked = Counter(
+            "ingest_events_rechecked",
+            "Events of an insert an engine restart cut off, by what storage held when asked: stored (not sent "
+            "again) or missing (sent again).", ["found"], registry=r)
+        for found in ("stored", "missing"):
+            self.events_rechecked.labels(found)
+        self.rollup_repairs = Counter(
+            "ingest_rollup_repairs",
+            "Rollups checked after a cut-off insert, by outcome: present, added (the insert's rows given to it), "
+            "unsure (left alone and logged: run rebuild-rollups).", ["outcome"], registry=r)
+        for outcome in ("present", "added", "unsure"):
+            self.rollup_repairs.labels(outcome)
+        self.idempotent_replays = Counter(
+            "ingest_idempotent_replays",
+            "POST /events answered with the first answer to their Idempotency-Key (nothing stored again).",
+            registry=r)
+        self.idempotency_keys = Gauge(
+            "ingest_idempotency_keys", "Idempotency keys held (answered within the window).", registry=r)
+        self.idempotency_oldest_key_age = Gauge(
+            "ingest_idempotency_oldest_key_age_seconds",
+            "Age of the oldest idempotency key held: how far back a repeat is still recognised.", registry=r)
+        self.idempotency_keys_evicted = Counter(
+            "ingest_idempotency_keys_evicted",
+            "Idempotency keys forgotten before their window ended, to stay within INGEST_IDEMPOTENCY_MAX_KEYS.",
+            registry=r)
         self.storage_up = Gauge(
             "ingest_storage_up", "1 if the last contact with ClickHouse succeeded, else 0.", registry=r)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Sequence
 
 from .buffer import Batch, Buffer, BufferFull
 from .deadletter import DeadLetterFile
+from .idempotency import IdempotencyKeys
 from .metrics import Metrics
 from .schema import Row
 from .sink import FAILURE_HINTS, NEEDS_OPERATOR, Sink, error_code, failure_kind, is_content_error
@@ -45,12 +49,13 @@ class Pipeline:
     """Accepts validated rows (durably, if it has a log) and delivers them to the sink, one insert at a time."""
 
     def __init__(self, buffer: Buffer, sink: Sink, metrics: Metrics, *, wal: WriteAheadLog | None = None,
-                 dead_letters: DeadLetterFile | None = None, retry_max_seconds: float = 30.0,
-                 shutdown_timeout: float = 20.0) -> None:
+                 dead_letters: DeadLetterFile | None = None, keys: IdempotencyKeys | None = None,
+                 retry_max_seconds: float = 30.0, shutdown_timeout: float = 20.0) -> None:
         self.buffer = buffer
         self.sink = sink
         self.metrics = metrics
         self.wal = wal
+        self.keys = keys
         self.dead_letters = dead_letters
         self.state = FlushState()
         self.retry_max_seconds = retry_max_seconds
@@ -64,35 +69,47 @@ class Pipeline:
 
     # -- accepting -----------------------------------------------------------------------------
     def recover(self) -> int:
-        """Load what the log holds but storage does not, the interrupted insert first; returns the row count."""
+        """Load what the log holds but storage does not, the interrupted insert first; returns the row count.
+        The idempotency keys come back too (from their files and the log) before the log deletes anything."""
         if self.wal is None:
+            if self.keys is not None:
+                self.keys.load([])
             return 0
         recovery = self.wal.recover()
+        if self.keys is not None:
+            self.keys.load(recovery.keys)
+        self.wal.prune()
         records = recovery.records
         if recovery.in_flight and recovery.in_flight[1] > recovery.stored_lsn:
             first, last = recovery.in_flight
             rows = [row for lsn, rs in records if first <= lsn <= last for row in rs]
-            self.buffer.restore(Batch(rows, first, last))  # flush_once gives it its log token
+            # Its insert was cut off: the engine died with it, so storage is asked what arrived before any is sent.
+            self.buffer.restore(Batch(rows, first, last, verify=True))  # flush_once gives it its log token
             records = [r for r in records if r[0] > last]
         for lsn, rows in records:
             self.buffer.add(rows, lsn, bounded=False)  # already acknowledged: never refuse them now
         return len(self.buffer)
 
-    async def accept(self, rows: Sequence[Row]) -> None:
-        """Take rows (all or none): on disk first if there is a log. Raises BufferFull or WalError."""
+    async def accept(self, rows: Sequence[Row], key: list | None = None) -> None:
+        """Take rows (all or none), with the request's idempotency-key record if it has one: on disk first if there
+        is a log. Raises BufferFull or WalError."""
         self.buffer.reserve(len(rows))
         if self.wal is None:
-            self._durable(rows, None)
+            self._durable(rows, None, key)
             return
         try:
-            await self.wal.append(rows, lambda lsn: self._durable(rows, lsn),
-                                  lambda: self.buffer.release(len(rows)))
+            await self.wal.append(rows, lambda lsn: self._durable(rows, lsn, key),
+                                  lambda: self.buffer.release(len(rows)), key)
         except WalError as exc:
             self.state.wal_error = str(exc)
             raise
         self.state.wal_error = None
 
-    def _durable(self, rows: Sequence[Row], lsn: int | None) -> None:
+    def _durable(self, rows: Sequence[Row], lsn: int | None, key: list | None) -> None:
+        # The key first: once the rows are in the buffer an insert may store them and the log delete their record,
+        # which must not happen before the key file has the key.
+        if key is not None and self.keys is not None:
+            self.keys.remember(key)
         self.buffer.add(rows, lsn, reserved=True)
         self._wake.set()
 
@@ -137,8 +154,10 @@ class Pipeline:
             # (the newer ones go in, so the held ones are dead-lettered) from a table that takes nothing.
             batch = self.buffer.absorb_waiting()
         batch.attempts += 1
-        if batch.attempts == 1 and self.wal is not None and batch.first_lsn is not None:
-            batch.token = self.wal.token(batch.first_lsn, batch.last_lsn)
+        if batch.attempts == 1:
+            batch.started_at = time.time()
+            if self.wal is not None and batch.first_lsn is not None:
+                batch.token = self.wal.token(batch.first_lsn, batch.last_lsn)
         started = time.perf_counter()
         try:
             refused = await asyncio.to_thread(self._deliver, batch)
@@ -187,10 +206,31 @@ class Pipeline:
                 len(batch.rows), kind, FAILURE_HINTS[kind], self.state.last_error)
 
     def _deliver(self, batch: Batch) -> int:
-        """Insert a batch (worker thread); returns how many rows were refused for their content."""
+        """Insert a batch (worker thread); returns how many rows were refused for their content.
+
+        Each insert's deduplication token is the batch's token and the rows it carries ("<batch>[3:7]"); the engine
+        stores it with every row (events.insert_token). A retry sends the same tokens, so a repeat is dropped. After
+        a restart of the engine that is not enough (its record of a token may stand for a part that never reached
+        the disk): then _verify looks for the rows instead.
+        """
         if self.wal is not None and batch.first_lsn is not None:
             self.wal.begin(batch.first_lsn, batch.last_lsn)
-        refused = self._insert_or_split(batch.rows, batch.token)
+        if not batch.verify and batch.attempts > 1 and self.sink.restarted_since(batch.started_at):
+            batch.verify = True
+        search = _Search(tries=math.ceil(math.log2(len(batch.rows))) + 4)
+        units = month_units(batch.rows)
+        nothing_in = False
+        try:
+            if batch.verify:
+                refused = self._verify(batch, units, search)
+            else:
+                refused = [r for lo, hi in units for r in self._split(batch.rows, lo, hi, batch.token, "", search)]
+        except _NothingGoesIn:
+            nothing_in, refused = True, []
+        if nothing_in or (refused and not search.stored and not search.present):
+            # Not one row went in: more likely a broken table than bad rows, so the batch is held, nothing
+            # dead-lettered (see flush_once).
+            raise RowsRefused(f"none of {len(batch.rows)} rows went in: {search.first_error}") from search.first_error
         if refused:
             if self.dead_letters is None:
                 raise RuntimeError(f"{len(refused)} rows refused and no dead-letter file: {refused[0][1]}")
@@ -201,26 +241,49 @@ class Pipeline:
             self.wal.stored(batch.last_lsn)
         return len(refused)
 
-    def _insert_or_split(self, rows: list[Row], token: str) -> list[tuple[Row, str]]:
-        """Insert rows; if ClickHouse refuses their content, bisect to store the good ones and return the bad.
-
-        Rows are dead-lettered only when others of the same batch went in: that proves the table takes data and
-        these rows are bad. If none goes in within a few tries (or at all), RowsRefused is raised instead and
-        nothing is stored, so the batch can be held and retried whole (see flush_once).
-        """
-        search = _Search(tries=math.ceil(math.log2(len(rows))) + 4)
-        try:
-            refused = self._split(rows, token, search)
-        except _NothingGoesIn:
-            refused = rows
-        if refused and search.stored == 0:
-            raise RowsRefused(f"none of {len(rows)} rows went in: {search.first_error}") from search.first_error
+    def _verify(self, batch: Batch, units: list[tuple[int, int]], search: _Search) -> list[tuple[Row, str]]:
+        """Deliver a batch whose earlier insert an engine restart cut off: send only the rows storage lacks, under
+        new tokens, and make the rollups agree with what storage has (rollups.repair)."""
+        rows = batch.rows
+        stored = self.sink.stored_inserts(batch.token, rows)
+        covered = []
+        for token, count in stored.items():
+            lo, hi = token_range(token)
+            if count != hi - lo:  # an insert is one part, in full or not at all; so this is not ours to mend
+                log.error("insert %s is in storage with %d of its %d rows", token, count, hi - lo)
+            covered.append((lo, hi))
+        # A fresh suffix: the engine may hold a record of the old tokens without their rows.
+        fresh = "~" + uuid.uuid4().hex[:8]
+        refused = []
+        for lo, hi in units:
+            for gap_lo, gap_hi in gaps(lo, hi, covered):
+                refused += self._split(rows, gap_lo, gap_hi, batch.token, fresh, search)
+        first_ms, last_ms = min(r[1] for r in rows), max(r[1] for r in rows)
+        for token in stored:
+            for target, outcome in self.sink.repair_rollups(token, first_ms, last_ms).items():
+                self.metrics.rollup_repairs.labels(outcome).inc()
+                if outcome == "unsure":
+                    log.error("rollup %s does not agree with the events table around insert %s; nothing changed: "
+                              "run `python -m ingest rebuild-rollups` (docs/operations.md)", target, token)
+        found = sum(stored.values())
+        search.present += found
+        self.metrics.events_rechecked.labels("stored").inc(found)
+        self.metrics.events_rechecked.labels("missing").inc(len(rows) - found)
+        log.info("after a restart of the engine: %d of the %d events of an interrupted insert were stored, the rest "
+                 "sent again", found, len(rows))
         return refused
 
-    def _split(self, rows: list[Row], token: str, search: _Search) -> list[tuple[Row, str]]:
+    def _split(self, rows: list[Row], lo: int, hi: int, batch: str, suffix: str,
+               search: _Search) -> list[tuple[Row, str]]:
+        """Insert rows[lo:hi]; if ClickHouse refuses their content, bisect to store the good ones and return the bad.
+
+        Rows are dead-lettered only when others of the same batch went in: that proves the table takes data and
+        these rows are bad. If none goes in within a few tries (or at all), _NothingGoesIn ends the search and
+        nothing is stored, so the batch can be held and retried whole (see flush_once).
+        """
         try:
-            self.sink.insert(rows, token)
-            search.stored += len(rows)
+            self.sink.insert(rows[lo:hi], f"{batch}[{lo}:{hi}]{suffix}")
+            search.stored += hi - lo
             return []
         except Exception as exc:
             if not is_content_error(exc):
@@ -230,13 +293,13 @@ class Pipeline:
                 search.tries -= 1
                 if search.tries < 0:
                     raise _NothingGoesIn from exc
-            if len(rows) == 1:
-                return [(rows[0], f"{type(exc).__name__}: {exc}")]
-        # Halves get tokens derived from the parent's, so a retried or replayed split deduplicates too. The newer
-        # half goes first: after a held batch, the rows that arrived since are the likeliest to go in.
-        mid = len(rows) // 2
-        newer = self._split(rows[mid:], token + "/b", search)
-        return self._split(rows[:mid], token + "/a", search) + newer
+            if hi - lo == 1:
+                return [(rows[lo], f"{type(exc).__name__}: {exc}")]
+        # Each half's token names its rows, so a retried or replayed split deduplicates too. The newer half goes
+        # first: after a held batch, the rows that arrived since are the likeliest to go in.
+        mid = (lo + hi) // 2
+        newer = self._split(rows, mid, hi, batch, suffix, search)
+        return self._split(rows, lo, mid, batch, suffix, search) + newer
 
     def _retry_delay(self) -> float:
         return min(self.retry_max_seconds, 0.25 * 2 ** min(self.state.consecutive_failures - 1, 16))
@@ -269,8 +332,59 @@ class _NothingGoesIn(Exception):
 
 @dataclass
 class _Search:
-    """State of one bisection: failed tries left before anything is stored, rows stored, the first refusal."""
+    """State of one delivery's bisection: failed tries left before anything is stored, rows stored (now, or found
+    stored by an earlier insert), the first refusal."""
 
     tries: int
     stored: int = 0
+    present: int = 0
     first_error: Exception | None = None
+
+
+def month_units(rows: list[Row]) -> list[tuple[int, int]]:
+    """The batch as ranges of rows that each fall in one month, the events table's partition.
+
+    An insert writes one part per partition, each committed on its own: one insert per month makes every insert
+    all or nothing. A batch that spans months (rare: the turn of a month, late events) is sorted by month in place,
+    stably, so a restart that rebuilds it from the log gets the same ranges.
+    """
+    first, last = _month(min(r[1] for r in rows)), _month(max(r[1] for r in rows))
+    if first == last:
+        return [(0, len(rows))]
+    rows.sort(key=lambda r: _month(r[1]))
+    units, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or _month(rows[i][1]) != _month(rows[start][1]):
+            units.append((start, i))
+            start = i
+    return units
+
+
+def _month(ms: int) -> tuple[int, int]:
+    day = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return day.year, day.month
+
+
+_RANGE = re.compile(r"\[(\d+):(\d+)\](?:~\w+)?$")
+
+
+def token_range(token: str) -> tuple[int, int]:
+    """The rows of its batch an insert token names: "<batch>[3:7]" or "<batch>[3:7]~<fresh>" -> (3, 7)."""
+    match = _RANGE.search(token)
+    if match is None:
+        raise ValueError(f"not an insert token: {token!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def gaps(lo: int, hi: int, covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) that no range in covered holds."""
+    found, at = [], lo
+    for c_lo, c_hi in sorted(covered):
+        if c_hi <= at or c_lo >= hi:
+            continue
+        if c_lo > at:
+            found.append((at, c_lo))
+        at = max(at, c_hi)
+    if at < hi:
+        found.append((at, hi))
+    return found

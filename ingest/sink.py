@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -129,6 +130,11 @@ def reason(exc: BaseException) -> str:
         return errno_text.group(1).strip()
     code = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(version [^)]*\))?$", text.splitlines()[0] if text else "")
     return code.group(1)[:300] if code else first_line(exc)
+
+
+def quote(text: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def embedded_failure(path: Path, exc: BaseException) -> str:
@@ -263,6 +269,46 @@ class Sink:
                 if not self.embedded:
                     self._drop_client()
                 raise
+
+    def stored_inserts(self, batch: str, rows: list[Row]) -> dict[str, int]:
+        """Which inserts of a batch storage holds, and their rows: {insert token: rows}.
+
+        Reads only the batch's event names and time range (the table's sort key), so it costs milliseconds on a
+        table of any size. On a server the ingest user may read exactly the columns this needs.
+        """
+        names = ", ".join(quote(n) for n in sorted({r[0] for r in rows}))
+        first, last = min(r[1] for r in rows), max(r[1] for r in rows)
+        with self._lock:
+            result = self._connect().query(
+                f"SELECT insert_token, count() FROM {TABLE} WHERE event_name IN ({names}) "
+                f"AND timestamp >= fromUnixTimestamp64Milli({first}, 'UTC') "
+                f"AND timestamp <= fromUnixTimestamp64Milli({last}, 'UTC') "
+                f"AND startsWith(insert_token, {quote(batch + '[')}) GROUP BY insert_token")
+        return {token: int(count) for token, count in result.result_rows}
+
+    def restarted_since(self, started_at: float | None) -> bool:
+        """Whether the engine restarted after time.time() was started_at (a server's uptime is shorter than that).
+
+        The embedded engine lives and dies with this process, so within it, never. A server down for a restart may
+        be unreachable: then it says nothing yet (False), and the next attempt asks again.
+        """
+        if self.embedded or started_at is None:
+            return False
+        with self._lock:
+            try:
+                uptime = int(self._connect().command("SELECT uptime()"))
+            except Exception:  # noqa: BLE001 - the insert that follows meets the same failure and reports it
+                return False
+        # A second of margin for the whole-second uptime: a restart takes longer than that.
+        return uptime + 1 < time.time() - started_at
+
+    def repair_rollups(self, token: str, first_ms: int, last_ms: int) -> dict[str, str]:
+        """Make the rollups hold, once, the rows the insert `token` stored (rollups.repair); rollup -> outcome."""
+        from .rollups import repair
+
+        with self._lock:
+            client = self._connect()
+            return repair(client.command, lambda sql: client.query(sql).result_rows, token, first_ms, last_ms)
 
     def ping(self, wait: float = 1.0) -> bool:
         """True if ClickHouse answers a trivial query.

@@ -52,15 +52,19 @@ class Recovery:
     stored_lsn: int
     in_flight: tuple[int, int] | None
     records: list[tuple[int, list[Row]]] = field(default_factory=list)
+    # The idempotency-key records of every request still in the log, stored or not (see ingest.idempotency).
+    keys: list[list] = field(default_factory=list)
 
 
-def encode(lsn: int, rows: Sequence[Row]) -> bytes:
-    payload = orjson.dumps(rows)
+def encode(lsn: int, rows: Sequence[Row], key: list | None = None) -> bytes:
+    """One record: the request's rows, with its idempotency-key record if it had a key."""
+    payload = orjson.dumps(rows if key is None else {"rows": rows, "key": key})
     return _HEADER.pack(len(payload), zlib.crc32(payload), lsn) + payload
 
 
-def decode(data: bytes) -> tuple[list[tuple[int, list[Row]]], int]:
-    """Records in a segment's bytes, and the offset where valid data ends (a torn tail is dropped)."""
+def decode(data: bytes) -> tuple[list[tuple[int, list[Row], list | None]], int]:
+    """Records (lsn, rows, key record or None) in a segment's bytes, and the offset where valid data ends (a torn
+    tail is dropped)."""
     records, offset = [], 0
     while offset + _HEADER.size <= len(data):
         length, crc, lsn = _HEADER.unpack_from(data, offset)
@@ -68,7 +72,9 @@ def decode(data: bytes) -> tuple[list[tuple[int, list[Row]]], int]:
         payload = data[start:end]
         if end > len(data) or zlib.crc32(payload) != crc:
             break
-        records.append((lsn, [tuple(r) for r in orjson.loads(payload)]))
+        content = orjson.loads(payload)
+        rows, key = (content["rows"], content["key"]) if isinstance(content, dict) else (content, None)
+        records.append((lsn, [tuple(r) for r in rows], key))
         offset = end
     return records, offset
 
@@ -84,11 +90,14 @@ def _fsync_dir(path: Path) -> None:
 class WriteAheadLog:
     """Segments of length-prefixed, checksummed records plus a progress file, in one directory."""
 
-    def __init__(self, directory: str | Path, segment_bytes: int = 16 * 1024 * 1024, owner: str = "") -> None:
+    def __init__(self, directory: str | Path, segment_bytes: int = 16 * 1024 * 1024, owner: str = "",
+                 before_delete: Callable[[], None] | None = None) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         # Where this log's events go (storage and database): a log is replayed only into what it was written for.
         self.owner = owner
+        # Called before stored segments are deleted: what must outlive them (idempotency keys) is made durable.
+        self._before_delete = before_delete
         self.wal_id = ""
         self._lock_fd: int | None = None
         self._writing = False  # a write is on the active segment's descriptor (commit thread)
@@ -98,7 +107,8 @@ class WriteAheadLog:
         self._active: Path | None = None
         self._active_fd: int | None = None
         self._active_size = 0
-        self._pending: list[tuple[Sequence[Row], Callable[[int], None], Callable[[], None], asyncio.Future]] = []
+        self._pending: list[tuple[Sequence[Row], list | None, Callable[[int], None], Callable[[], None],
+                                  asyncio.Future]] = []
         self._committer: asyncio.Task | None = None
         # Guards segment bookkeeping: appends (commit thread) and deletions (flush thread) meet here.
         self._segments_lock = threading.Lock()
@@ -106,6 +116,7 @@ class WriteAheadLog:
     # -- startup ---------------------------------------------------------------------------------
     def recover(self) -> Recovery:
         """Lock the directory, read the progress file and every segment; open a fresh segment for new records.
+        Segments already stored are deleted by the next prune() (or stored()).
 
         Raises WalInUse if another process holds the directory, WalOwnerMismatch if the log holds undelivered
         events for another storage or database than `owner`.
@@ -132,7 +143,8 @@ class WriteAheadLog:
             seg_last = records[-1][0] if records else 0
             self._segments[path] = seg_last
             last_lsn = max(last_lsn, seg_last)
-            recovery.records.extend(r for r in records if r[0] > self.stored_lsn)
+            recovery.records.extend((lsn, rows) for lsn, rows, _ in records if lsn > self.stored_lsn)
+            recovery.keys.extend(key for _, _, key in records if key is not None)
         self._next_lsn = last_lsn + 1
         written_for = progress.get("owner", self.owner)  # a log from before owners were recorded: trust it
         pending = recovery.records or (recovery.in_flight and recovery.in_flight[1] > self.stored_lsn)
@@ -144,7 +156,7 @@ class WriteAheadLog:
                 f"for {self.owner}: start once with the storage and database it was written for to deliver them, "
                 f"or move the directory away to start without them")
         self._write_progress(self.stored_lsn, recovery.in_flight)
-        self._delete_stored_segments()
+        # Stored segments stay until prune(): their idempotency keys must reach the key files first.
         self._open_segment()
         if recovery.records:
             log.info("WAL: replaying %d requests (%d events) not yet in ClickHouse", len(recovery.records),
@@ -153,13 +165,14 @@ class WriteAheadLog:
 
     # -- appending (event loop) -------------------------------------------------------------------
     async def append(self, rows: Sequence[Row], on_durable: Callable[[int], None],
-                     on_failed: Callable[[], None]) -> int:
-        """Log rows; once on disk call on_durable(lsn) (in LSN order) and return the LSN.
+                     on_failed: Callable[[], None], key: list | None = None) -> int:
+        """Log rows (and the request's idempotency-key record); once on disk call on_durable(lsn) (in LSN order)
+        and return the LSN.
 
         The callbacks run even if the caller stopped waiting, so whoever reserved room learns the outcome.
         """
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, on_durable, on_failed, future))
+        self._pending.append((rows, key, on_durable, on_failed, future))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
         return await future
@@ -170,18 +183,18 @@ class WriteAheadLog:
             group, self._pending = self._pending, []
             lsns = range(self._next_lsn, self._next_lsn + len(group))
             self._next_lsn += len(group)
-            data = b"".join(encode(lsn, rows) for lsn, (rows, _, _, _) in zip(lsns, group))
+            data = b"".join(encode(lsn, rows, key) for lsn, (rows, key, _, _, _) in zip(lsns, group))
             try:
                 await asyncio.to_thread(self._write, data, lsns[-1])
             except Exception as exc:  # noqa: BLE001 - every waiting request learns it was not accepted
                 log.error("write-ahead log write failed: %s", exc)
                 error = WalError(f"write-ahead log write failed: {exc}")
-                for _, _, on_failed, future in group:
+                for _, _, _, on_failed, future in group:
                     on_failed()
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for lsn, (_, on_durable, _, future) in zip(lsns, group):
+            for lsn, (_, _, on_durable, _, future) in zip(lsns, group):
                 on_durable(lsn)
                 if not future.done():
                     future.set_result(lsn)
@@ -244,13 +257,16 @@ class WriteAheadLog:
         """ClickHouse has everything up to LSN last: note it and delete segments no longer needed."""
         self.stored_lsn = max(self.stored_lsn, last)
         self._write_progress(self.stored_lsn, None)
-        self._delete_stored_segments()
+        self.prune()
 
     def token(self, first: int, last: int) -> str:
         """The insert deduplication token of a batch: the same after a restart, unique across logs."""
         return f"{self.wal_id}:{first}-{last}"
 
-    def _delete_stored_segments(self) -> None:
+    def prune(self) -> None:
+        """Delete the segments whose records storage has (after the before_delete hook)."""
+        if self._before_delete is not None:
+            self._before_delete()
         with self._segments_lock:
             for path, last in list(self._segments.items()):
                 if path != self._active and last <= self.stored_lsn:

@@ -74,8 +74,12 @@ class Service:
 
     def post_events(self, n: int, tag: str) -> int:
         """POST n events with session ids tag-0..; returns how many the service accepted."""
-        body = json.dumps([event(session_id=f"{tag}-{i}") for i in range(n)]).encode()
-        req = urllib.request.Request(f"{self.url}/events", data=body, headers={"Content-Type": "application/json"})
+        return self.post([event(session_id=f"{tag}-{i}") for i in range(n)])
+
+    def post(self, events: list[dict]) -> int:
+        """POST these events; returns how many the service accepted."""
+        req = urllib.request.Request(f"{self.url}/events", data=json.dumps(events).encode(),
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)["accepted"]
 

@@ -7,6 +7,8 @@ pickle {"data", "config", "database", "steps"}; each step is one of
 - ("multiquery", database, text): a whole file in one call, as `clickhouse client --multiquery` sends it;
 - ("ingest", events, token): the events as the service takes them: validated by ingest.schema, inserted by
   ingest.sink.Sink (with the settings it sends) into the events table;
+- ("stored_inserts", batch, events): which inserts of a batch storage holds (Sink.stored_inserts, after a crash);
+- ("repair", token, first_ms, last_ms): the rollups made to hold what that insert stored (Sink.repair_rollups);
 - ("ping",): the service's storage health check (Sink.ping);
 - ("rename_own_definer", user): every view of the database whose definer is this process's own user gets `user`
   as its definer instead (tests/server_users.py says why).
@@ -67,13 +69,18 @@ def main(request_path: str, response_path: str) -> None:
                     raise ValueError(f"the service would refuse these events: {rejected[:3]}")
                 sink.insert(rows, step[2])
                 outcome = Outcome(True, rows=[(len(rows),)])
+            elif kind == "stored_inserts":
+                rows, _ = EventValidator().judge(step[2])
+                outcome = Outcome(True, rows=sorted(sink.stored_inserts(step[1], rows).items()))
+            elif kind == "repair":
+                outcome = Outcome(True, rows=sorted(sink.repair_rollups(*step[1:]).items()))
             elif kind == "ping":
                 outcome = Outcome(True, rows=[(sink.ping(),)])
             elif kind == "rename_own_definer":
                 me = client(None).command("SELECT currentUser()")
                 views = client(None).query(
                     "SELECT name, create_table_query FROM system.tables WHERE database = %(d)s "
-                    "AND engine = 'MaterializedView'", parameters={"d": database}).result_rows
+                    "AND engine IN ('MaterializedView', 'View')", parameters={"d": database}).result_rows
                 renamed = []
                 for name, create in views:
                     if definer(create) == (me, "DEFINER"):

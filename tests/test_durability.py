@@ -23,14 +23,15 @@ def rows(n: int, tag: str) -> list[tuple]:
 
 
 def test_a_record_round_trips_and_a_torn_tail_is_dropped():
-    data = encode(7, rows(2, "a")) + encode(8, rows(1, "b"))
-    assert decode(data) == ([(7, rows(2, "a")), (8, rows(1, "b"))], len(data))
+    key = ["ab" * 16, "cd" * 16, 202, '{"accepted":1,"rejected":[]}', 1_795_000_000.5]
+    data = encode(7, rows(2, "a")) + encode(8, rows(1, "b"), key)
+    assert decode(data) == ([(7, rows(2, "a"), None), (8, rows(1, "b"), key)], len(data))
     torn = data[:-3]
     records, end = decode(torn)
-    assert records == [(7, rows(2, "a"))] and end == len(encode(7, rows(2, "a")))
+    assert records == [(7, rows(2, "a"), None)] and end == len(encode(7, rows(2, "a")))
     flipped = bytearray(data)
     flipped[-2] ^= 0xFF  # a corrupted payload fails its checksum
-    assert decode(bytes(flipped))[0] == [(7, rows(2, "a"))]
+    assert decode(bytes(flipped))[0] == [(7, rows(2, "a"), None)]
 
 
 async def _append(wal: WriteAheadLog, rs: list[Row]) -> int:
@@ -112,11 +113,13 @@ async def test_an_insert_that_landed_before_a_crash_is_not_stored_twice(tmp_path
     first.recover()
     await first.accept(rows(3, "x"))
     await first.accept(rows(2, "y"))
-    batch = first.buffer.take()
-    batch.token = wal.token(batch.first_lsn, batch.last_lsn)
-    wal.begin(batch.first_lsn, batch.last_lsn)
-    sink.insert(batch.rows, batch.token)  # the insert lands ...
-    wal.close()  # ... and the process dies before it can note that
+
+    def dies(last_lsn):  # the insert lands ... and the process dies before it can note that
+        raise RuntimeError("killed")
+
+    wal.stored = dies
+    assert not await first.flush_once()
+    wal.close()
     assert count(ch) == 5
 
     second = Pipeline(Buffer(1000, 1000, 60), sink, Metrics(), wal=WriteAheadLog(tmp_path / "wal"))
@@ -186,3 +189,28 @@ async def test_two_logs_never_give_two_batches_the_same_token(tmp_path):
     again.recover()
     assert again.token(1, 1) == first.token(1, 1)
     again.close()
+
+
+def test_a_batch_is_cut_into_one_range_of_rows_per_month_the_same_way_every_time():
+    from ingest.pipeline import month_units
+
+    nov, dec = 1_795_000_000_000, 1_796_500_000_000  # 2026-11-18 and 2026-12-05, UTC
+    assert month_units(rows(3, "a")) == [(0, 3)]
+    batch = [("page_view", ts, f"s{i}", None, "desktop", "DE", "{}") for i, ts in enumerate([dec, nov, dec, nov, nov])]
+    again = list(batch)
+    assert month_units(batch) == [(0, 3), (3, 5)]
+    assert [r[2] for r in batch] == ["s1", "s3", "s4", "s0", "s2"]  # by month, in arrival order within each
+    assert month_units(again) == [(0, 3), (3, 5)] and again == batch
+
+
+def test_an_insert_token_names_its_rows_and_the_rows_no_stored_insert_holds_are_found():
+    from ingest.pipeline import gaps, token_range
+
+    assert token_range("0f3a:4-9[0:500]") == (0, 500)
+    assert token_range("0f3a:4-9[250:375]~1a2b3c4d") == (250, 375)
+    with pytest.raises(ValueError):
+        token_range("0f3a:4-9")
+    assert gaps(0, 500, []) == [(0, 500)]
+    assert gaps(0, 500, [(0, 500)]) == []
+    assert gaps(0, 500, [(250, 375), (0, 125)]) == [(125, 250), (375, 500)]
+    assert gaps(300, 500, [(0, 400)]) == [(400, 500)]  # another month's range, overlapping only in part

@@ -278,6 +278,11 @@ async def test_every_answer_carries_the_service_clock_in_milliseconds(make_clien
         resp = await client.post("/events", data=body, headers={"Content-Type": "application/json"})
         answers.append((resp.status, before, int(resp.headers["Server-Time"]), time.time_ns() // 1_000_000))
     await eventually(lambda: count(ch) == 2)
+
+    async def buffer_empty():  # the insert has returned (its rows are visible in events a little before)
+        return (await (await client.get("/health")).json())["buffer"]["events"] == 0
+
+    await eventually(buffer_empty)
     ch.command("DROP TABLE events SYNC")  # storage fails: the buffer fills and the service answers 503
     for _ in range(3):
         before = time.time_ns() // 1_000_000

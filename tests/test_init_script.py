@@ -82,7 +82,7 @@ def test_init_script_creates_the_events_table_in_clickhouse_db_as_the_admin_user
                 scoped.close()
         tables = client.query("SELECT name FROM system.tables WHERE database = %(d)s", parameters={"d": database})
         created = {name for _, text in ddl_files()
-                   for name in re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS (\w+)", text)}
+                   for name in re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (\w+)", text)}
         assert "events" in created
         assert {r[0] for r in tables.result_rows} == created
     finally:
