@@ -6,10 +6,11 @@
     client.track("feature_used", session_id="s-1", user_id="u-42", properties={"feature": "export"})
     client.flush()   # optional: close() runs at interpreter exit and delivers what is left
 
-Standard library only (urllib): it needs neither aiohttp nor the service's other dependencies. Delivery is at least
-once: a 503/429 (after Retry-After), a 5xx or a network error resends the same batch with backoff until it lands,
-`max_attempts` is reached or `close()` gives up; a batch the service refuses whole (other 4xx) is dropped and
-logged, as are the events it refuses one by one. While the service is down the queue is bounded: beyond
+Standard library only (urllib): it needs neither aiohttp nor the service's other dependencies. Delivery is exactly
+once: each batch goes with an Idempotency-Key of its own, and a 503/429/409 (after Retry-After), a 5xx or a network
+error resends the same bytes with the same key, with backoff (the service stores a batch it had already taken only
+once), until it lands, `max_attempts` is reached or `close()` gives up; a batch the service refuses whole (other
+4xx) is dropped and logged, as are the events it refuses one by one. While the service is down the queue is bounded: beyond
 `max_queue` waiting events the oldest are dropped and counted (`stats.dropped`). docs/api.md "Send events".
 """
 
@@ -28,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Mapping
@@ -233,12 +235,14 @@ class Client:
         return gzip.compress(("[" + ",".join(parts) + "]").encode(), compresslevel=6)
 
     def _deliver(self, batch) -> None:
+        # One body and one key for every try: a retry is the same request, so the service stores it at most once
+        # (a body stamped again with a newer clock offset would be another request under the same key).
+        body, key = self._body(batch), uuid.uuid4().hex
         attempt = 0
         while True:
             attempt += 1
-            body = self._body(batch)
             sent_at = time.time()
-            status, headers, answer, error = self._post(body)
+            status, headers, answer, error = self._post(body, key)
             with self._lock:
                 self._stats.requests += 1
                 if attempt > 1:
@@ -248,7 +252,7 @@ class Client:
                     self._stats.statuses[status] = self._stats.statuses.get(status, 0) + 1
             if headers is not None:
                 self._sync(headers.get("Server-Time"), sent_at)
-            if status is not None and status < 500 and status != 429:
+            if status is not None and status < 500 and status not in (409, 429):
                 if status == 413 and len(batch) > 1:  # too large for the service: in halves, each on its own
                     half = len(batch) // 2
                     self._deliver(batch[:half])
@@ -256,7 +260,7 @@ class Client:
                     return
                 self._answered(status, answer, batch)
                 return
-            # 503/429/5xx or no answer: the same batch again, after Retry-After or a backoff.
+            # 503/429/409/5xx or no answer: the same request again, after Retry-After or a backoff.
             reason = error or f"{status} {_text(answer, 'error')}".strip()
             with self._lock:
                 self._stats.last_error = reason
@@ -314,9 +318,10 @@ class Client:
         if server:
             self._offset = server - (sent_at + time.time()) / 2
 
-    def _post(self, body: bytes):
+    def _post(self, body: bytes, key: str):
         """(status, headers, answer JSON or None, network error or None)."""
-        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        request = urllib.request.Request(self.url, data=body, headers={**self._headers, "Idempotency-Key": key},
+                                         method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, response.headers, _json(response.read()), None

@@ -5,7 +5,9 @@
  * Sends page_view on load and on single-page-app navigations (history API), and exposes
  * window.ingest.track(name, properties), .identify(userId), .reset() and .flush().
  * Events are batched (up to 500, sent every few seconds) with fetch keepalive, and with sendBeacon when the
- * page is hidden or closed. 503/429: waits Retry-After and resends. Other refusals: logged once, dropped.
+ * page is hidden or closed. Each batch carries an idempotency key of its own in the query string (a beacon cannot
+ * set headers); a resend is the same body with the same key, so the service stores it once. 503/429/409 or no
+ * answer: waits (Retry-After) and resends. Other refusals: logged once, dropped.
  * It never throws into the page. docs/api.md ("Send events") says why it works this way.
  */
 (function () {
@@ -30,6 +32,7 @@
   var url = base + "events" + (key ? "?key=" + encodeURIComponent(key) : "");
 
   var queue = [];          // {t: client clock ms, e: event without timestamp}, oldest first
+  var retry = null;        // a batch sent without a final answer: resent as it is, key and all, before any other
   var sending = false, synced = false, probing = false;
   var waitUntil = 0, failures = 0;
   var warned = {};
@@ -63,8 +66,8 @@
   // The service's clock minus ours, in ms: timestamps are stamped in the service's time.
   var offset = +load("offset") || 0;
 
-  function randomId() {
-    var bytes = new Uint8Array(12), out = "s-";
+  function randomId(prefix) {
+    var bytes = new Uint8Array(12), out = prefix || "s-";
     if (w.crypto && w.crypto.getRandomValues) w.crypto.getRandomValues(bytes);
     else for (var i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
     for (var j = 0; j < bytes.length; j++) out += (bytes[j] + 256).toString(16).slice(1);
@@ -120,7 +123,17 @@
       texts.push(text);
       size += n;
     }
-    return {items: items, body: "[" + texts.join(",") + "]"};
+    return {items: items, body: "[" + texts.join(",") + "]", key: randomId("b-")};
+  }
+
+  function next() { // the batch to send: the unanswered one first, unchanged
+    var batch = retry || take();
+    retry = null;
+    return batch;
+  }
+
+  function target(batch) {
+    return url + (url.indexOf("?") < 0 ? "?" : "&") + "idempotency_key=" + batch.key;
   }
 
   function sync(response, sentAt) { // the offset from the service's Server-Time, halfway through the round trip
@@ -177,24 +190,24 @@
   }
 
   function flush() {
-    if (sending || !queue.length || Date.now() < waitUntil || !w.fetch) return;
+    if (sending || !(retry || queue.length) || Date.now() < waitUntil || !w.fetch) return;
     if (!synced) return probe();
-    var batch = take(), sentAt = Date.now();
+    var batch = next(), sentAt = Date.now();
     sending = true;
     var done = function () {
       sending = false;
       if (queue.length >= MAX_BATCH) flush();
     };
     var resend = function (seconds) {
-      queue = batch.items.concat(queue);
+      retry = batch;
       later(seconds);
     };
-    // text/plain: a simple request, so no preflight; the key travels in the query, as with sendBeacon.
-    fetch(url, {method: "POST", body: batch.body, keepalive: bytes(batch.body) <= MAX_BYTES, credentials: "omit",
+    // text/plain: a simple request, so no preflight; the keys travel in the query, as with sendBeacon.
+    fetch(target(batch), {method: "POST", body: batch.body, keepalive: bytes(batch.body) <= MAX_BYTES, credentials: "omit",
                 headers: {"Content-Type": "text/plain;charset=UTF-8"}}).then(function (response) {
       sync(response, sentAt);
       var status = response.status;
-      if (status === 429 || status >= 500) {
+      if (status === 429 || status === 409 || status >= 500) {
         var after = response.headers.get("Retry-After");
         resend(after !== null && after !== "" && +after >= 0 ? +after : -1);
         return;
@@ -205,22 +218,23 @@
                                     function () { refused(status, null, batch.items); });
       }
     }, function () {
-      queue = batch.items.concat(queue);
+      retry = batch; // the service may have taken it: the same key lets it say so instead of storing it twice
       unreachable();
     }).then(done, done);
   }
 
   function leave() { // hidden or closing: hand everything waiting to the browser, which sends it after we are gone
-    while (queue.length) {
-      var batch = take(), sent = false;
-      try { sent = !!(nav.sendBeacon && nav.sendBeacon(url, batch.body)); } catch (e) { sent = false; }
+    while (retry || queue.length) {
+      var batch = next(), sent = false;
+      try { sent = !!(nav.sendBeacon && nav.sendBeacon(target(batch), batch.body)); } catch (e) { sent = false; }
       if (!sent) {
         try {
-          fetch(url, {method: "POST", body: batch.body, keepalive: true, credentials: "omit"}).catch(function () {});
+          fetch(target(batch), {method: "POST", body: batch.body, keepalive: true, credentials: "omit"})
+            .catch(function () {});
           sent = true;
         } catch (e) { sent = false; }
       }
-      if (!sent) { queue = batch.items.concat(queue); return; }
+      if (!sent) { retry = batch; return; }
     }
   }
 

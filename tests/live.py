@@ -94,3 +94,57 @@ class SlowLink:
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
+
+
+class LostAnswers:
+    """A TCP relay on 127.0.0.1 that passes requests to the service but, for the first `lose` requests that start
+    with `lose_for`, drops the service's answer and cuts the connection: the request was taken, and the client never
+    hears it. Requests on a kept-alive connection are told apart by their first bytes (HTTP/1.1, no pipelining)."""
+
+    def __init__(self, target_port: int, lose: int, lose_for: bytes = b"POST /events") -> None:
+        self.target_port, self.lose, self.lose_for = target_port, lose, lose_for
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            losing = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, losing), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, losing), daemon=True).start()
+
+    def _requests(self, client, upstream, losing: threading.Event) -> None:
+        try:
+            while chunk := client.recv(65536):
+                with self._lock:
+                    if chunk.startswith(self.lose_for) and self.lose > 0:
+                        self.lose -= 1
+                        losing.set()  # before the request goes on: its answer must not get through
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _answers(upstream, client, losing: threading.Event) -> None:
+        try:
+            while chunk := upstream.recv(65536):
+                if losing.is_set():
+                    break  # the service answered: the request was taken, and the answer goes nowhere
+                client.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (client, upstream):  # shutdown, not just close: the other thread is blocked reading it
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._listener.close()

@@ -17,7 +17,7 @@ import requests
 from ingest.app import create_app
 from ingest.client import Client
 
-from .live import serving
+from .live import LostAnswers, serving
 from .processes import Service, count_rows, free_port
 from .support import count, event
 from .test_delivery import _break_storage, _repair_storage
@@ -83,6 +83,24 @@ def test_a_503_is_resent_after_retry_after_until_the_service_takes_it(settings, 
         stats = client.stats
     assert stats.accepted == 3 and stats.retried_requests >= 3 and stats.failed == 0
     assert count(ch, "session_id LIKE 'c-%'") == 3  # each once
+
+
+def test_a_batch_whose_answer_was_lost_is_sent_again_and_stored_once(settings, ch):
+    """The service took the batch but the answer never came (a cut connection): the client sends the same bytes with
+    the same Idempotency-Key, and the service answers the first answer again instead of storing it twice."""
+    with serving(create_app(settings)) as url:
+        relay = LostAnswers(int(url.rsplit(":", 1)[1]), lose=2)
+        try:
+            client = Client(f"http://127.0.0.1:{relay.port}", flush_interval=0.05, max_backoff=0.2)
+            for i in range(10):
+                client.track("page_view", session_id=f"lost-{i}")
+            assert client.flush(timeout=30) is True
+            stats = client.stats
+            assert client.close(timeout=10) is True
+        finally:
+            relay.close()
+    assert (stats.requests, stats.retried_requests, stats.accepted, stats.failed) == (3, 2, 10, 0)
+    assert count(ch) == 10 and ch.command("SELECT uniqExact(session_id) FROM events") == 10
 
 
 def _service(tmp_path, port: int) -> Service:

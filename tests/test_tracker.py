@@ -19,7 +19,7 @@ from ingest.app import create_app
 from .test_docs import ROOT
 
 from .cdp import Chromium
-from .live import serving, serving_on
+from .live import LostAnswers, serving, serving_on
 from .support import count, event, eventually, require_tool
 from .test_delivery import _break_storage, _repair_storage
 
@@ -54,7 +54,7 @@ PAGE = """<!doctype html><html><head><title>Shop</title><script>
 })();
 </script>
 <script>@STUB@</script>
-<script src="@INGEST@/tracker.js" data-key="@KEY@" defer></script>
+<script src="@INGEST@/tracker.js" data-key="@KEY@" @API@ defer></script>
 </head><body><h1>Shop</h1></body></html>"""
 
 
@@ -74,7 +74,8 @@ class Site:
     async def page(self, request: web.Request) -> web.Response:
         stub = (STUB + ';ingest.track("signup_started", {plan: "early"});') if "early" in request.query else ""
         html = (PAGE.replace("@SHIFT@", str(int(request.query.get("shift", "0")))).replace("@STUB@", stub)
-                .replace("@INGEST@", self.ingest).replace("@KEY@", KEY))
+                .replace("@INGEST@", self.ingest).replace("@KEY@", KEY)
+                .replace("@API@", f'data-api="{request.query["api"]}"' if "api" in request.query else ""))
         return web.Response(text=html, content_type="text/html")
 
 
@@ -236,6 +237,23 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
     rows = _rows(ch, "session_id LIKE 's-%'")
     assert [(r["event_name"], r["device_type"]) for r in rows] == [("page_view", "other")]  # headless: not a person
     assert count(ch) == 6
+
+
+async def test_a_batch_whose_answer_was_lost_is_resent_with_its_key_and_stored_once(settings, ch, shop):
+    """The service took the page view but the browser never got the answer (a cut connection): the tracker resends
+    the same body with the same idempotency key, and the service answers again instead of storing it twice."""
+    async with shop() as (origin, ingest, browser):
+        relay = LostAnswers(int(ingest.rsplit(":", 1)[1]), lose=2)
+        try:
+            tab = await browser.open(f"{origin}/shop/home?api=http://127.0.0.1:{relay.port}/")
+            await eventually(lambda: _answered(ingest, 202) >= 3, timeout=20)  # taken, then two resends
+            assert tab.exceptions() == []
+            assert any("will retry" in line for line in tab.console())  # the tracker's own resend, not the browser's
+        finally:
+            relay.close()
+        metrics = requests.get(f"{ingest}/metrics", timeout=10).text
+        assert "ingest_idempotent_replays_total 2.0" in metrics
+    assert [r["event_name"] for r in _rows(ch)] == ["page_view"]
 
 
 async def test_a_session_renews_after_30_idle_minutes_and_reset_forgets_the_user(ch, shop):
