@@ -1,7 +1,7 @@
 """Open-loop POST latency at a fixed rate, and freshness: how long until an acknowledged event is visible to a query.
 
 Design. Freshness needs a query on the service's own embedded engine, and only the service's
-process may open that path. So the service runs in THIS process (ingest.app.create_app on an
+process may open that path. So the service runs in THIS process (ingest.api.app.create_app on an
 aiohttp AppRunner, the same code `python -m ingest serve` runs), and the load comes from a child
 process (this script with --client), which keeps the load generator's CPU out of the service's
 event loop. The child sends a fixed schedule of POSTs (default 100/s x 500 events = 50,000
@@ -93,8 +93,8 @@ async def service_main(args: argparse.Namespace) -> int:
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.__main__ import tune_gc
-    from ingest.app import METRICS, create_app
+    from ingest.cli.serve import tune_gc
+    from ingest.api.app import METRICS, create_app
     from ingest.config import Settings
 
     host = machine()  # before the load, so the load average tells what else was running

@@ -34,10 +34,10 @@ async def run(args: argparse.Namespace) -> int:
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.__main__ import tune_gc
-    from ingest.app import PIPELINE, create_app
+    from ingest.cli.serve import tune_gc
+    from ingest.api.app import PIPELINE, create_app
     from ingest.config import Settings
-    from ingest.sink import Sink
+    from ingest.storage.sink import Sink
 
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))

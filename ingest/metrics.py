@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .sink import FAILURE_KINDS
+from .storage.failures import FAILURE_KINDS
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "SLOW_CLIENT_REASONS"]
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import clickhouse_connect
 import pytest
 
-from ingest.app import create_app
+from ingest.api.app import create_app
 from ingest.config import Settings
 
 

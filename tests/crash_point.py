@@ -61,7 +61,7 @@ class KillAt:
 _CHECK = """
 import json, sys
 import clickhouse_connect
-from ingest.rollups import defined_rollups, rebuild
+from ingest.storage.rollups import defined_rollups, rebuild
 client = clickhouse_connect.get_client(dsn=sys.argv[1], database=sys.argv[2])
 
 def snapshot(table):

@@ -5,10 +5,10 @@ pickle {"data", "config", "database", "steps"}; each step is one of
 - ("command", database | None, sql): a statement through clickhouse-connect, as the services send them;
 - ("query", database | None, sql, settings | None): a query, with per-query settings as a client sends them;
 - ("multiquery", database, text): a whole file in one call, as `clickhouse client --multiquery` sends it;
-- ("ingest", events, token): the events as the service takes them: validated by ingest.schema, inserted by
-  ingest.sink.Sink (with the settings it sends) into the events table;
+- ("ingest", events, token): the events as the service takes them: validated by ingest.contract.validation, inserted by
+  ingest.storage.sink.Sink (with the settings it sends) into the events table;
 - ("stored_inserts", batch, events): which inserts of a batch storage holds (Sink.stored_inserts, after a crash);
-- ("repair", token, first_ms, last_ms): the rollups made to hold what that insert stored (Sink.repair_rollups);
+- ("repair", token, first_ms, last_ms): the rollups made to hold what that insert stored (ingest.storage.rollups.repair);
 - ("ping",): the service's storage health check (Sink.ping);
 - ("rename_own_definer", user): every view of the database whose definer is this process's own user gets `user`
   as its definer instead (tests/server_users.py says why).
@@ -25,8 +25,9 @@ from typing import Any
 import chdb
 import clickhouse_connect
 
-from ingest.schema import EventValidator
-from ingest.sink import Sink
+from ingest.contract.validation import EventValidator
+from ingest.storage.rollups import repair
+from ingest.storage.sink import Sink
 
 from .server_users import Outcome, definer
 
@@ -73,7 +74,7 @@ def main(request_path: str, response_path: str) -> None:
                 rows, _ = EventValidator().judge(step[2])
                 outcome = Outcome(True, rows=sorted(sink.stored_inserts(step[1], rows).items()))
             elif kind == "repair":
-                outcome = Outcome(True, rows=sorted(sink.repair_rollups(*step[1:]).items()))
+                outcome = Outcome(True, rows=sorted(repair(sink.command, sink.rows, *step[1:]).items()))
             elif kind == "ping":
                 outcome = Outcome(True, rows=[(sink.ping(),)])
             elif kind == "rename_own_definer":

@@ -8,7 +8,7 @@ import orjson
 
 import pytest
 
-from ingest.access import Origins, WriteKeys, presented_key
+from ingest.api.access import Origins, WriteKeys, presented_key
 from ingest.config import ConfigError, Settings
 
 from .support import count, event, eventually

@@ -12,7 +12,7 @@ import time
 import requests
 from aiohttp import web
 
-from ingest.app import create_app
+from ingest.api.app import create_app
 
 from .live import SlowLink, serving, serving_on
 from .support import count, require_tool

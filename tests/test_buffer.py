@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.buffer import Buffer, BufferFull
+from ingest.delivery.buffer import Buffer, BufferFull
 
 
 class Clock:

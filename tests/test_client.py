@@ -1,4 +1,4 @@
-"""The Python client (ingest.client) against the real service: delivery, retries, a restart, exit, a bounded queue."""
+"""The Python client (ingest_client) against the real service: delivery, retries, a restart, exit, a bounded queue."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from ingest.app import create_app
-from ingest.client import Client
+from ingest.api.app import create_app
+from ingest_client import Client
 
 from .live import LostAnswers, serving
 from .processes import Service, count_rows, free_port
@@ -31,7 +31,7 @@ def test_events_are_batched_and_delivered_with_their_fields(settings, ch, caplog
             assert client.track("page_view", session_id=f"s-{i}", properties={"path": f"/p/{i}"}) is True
         client.track("feature_used", session_id="known", user_id="u-42", device_type="mobile", country_code="DE",
                      properties={"feature": "export", "options": {"format": "csv"}}, timestamp=at)
-        with caplog.at_level(logging.WARNING, logger="ingest.client"):
+        with caplog.at_level(logging.WARNING, logger="ingest_client"):
             client.track("feature_used", session_id="bad-1", properties={})  # refused by the service: no feature
             client.track("feature_used", session_id="bad-2", properties={})
             assert client.flush(timeout=30) is True
@@ -162,7 +162,7 @@ SCRIPT = """
 import sys
 for name in ("aiohttp", "orjson", "jsonschema", "jsonschema_rs", "clickhouse_connect", "chdb", "prometheus_client"):
     sys.modules[name] = None  # the client must work without the service's dependencies
-from ingest.client import Client
+from ingest_client import Client
 
 client = Client(sys.argv[1], flush_interval=3600)  # only the exit can send them
 for i in range(7):

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ingest.api.server import HTTP_SHUTDOWN_SECONDS
 from ingest.config import ENV_VARS, Settings
-from ingest.pipeline import Pipeline
+from ingest.delivery.pipeline import Pipeline
 from .test_grafana_files import grafana_provisioning_variables
 from .stack import (ROOT, SECRETS, compose, docker_compose, env_example, environment, references,
                          stack_env, volumes)
@@ -133,7 +134,7 @@ def test_every_service_restarts_unless_stopped(name):
 
 def test_ingest_stop_grace_period_outlasts_its_flush_on_sigterm():
     flush = inspect.signature(Pipeline).parameters["shutdown_timeout"].default
-    http_close = float(re.search(r"shutdown_timeout=(\d+(?:\.\d+)?)", (ROOT / "ingest" / "__main__.py").read_text())[1])
+    http_close = HTTP_SHUTDOWN_SECONDS
     grace = services()["ingest"]["stop_grace_period"]
     m = re.fullmatch(r"(\d+)s", grace)
     assert m, f"stop_grace_period {grace!r}: write it in seconds"
@@ -363,7 +364,7 @@ def test_gitignore_keeps_secrets_data_and_virtualenvs_out(path, ignored):
 def test_ingest_may_open_a_file_for_every_connection_it_allows():
     """The connection limit is only the service's if the container's open-files limit holds it and what else the
     service keeps open (ingest lowers its limit to fit, and says so, where it does not)."""
-    from ingest.app import LISTEN_BACKLOG
+    from ingest.api.app import LISTEN_BACKLOG
 
     nofile = services()["ingest"]["ulimits"]["nofile"]
     assert nofile["hard"] >= nofile["soft"]

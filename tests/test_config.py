@@ -83,7 +83,7 @@ def test_only_config_reads_the_environment():
 
 
 def test_serve_help_lists_every_variable_with_its_default(capsys):
-    from ingest.__main__ import main
+    from ingest.cli import main
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

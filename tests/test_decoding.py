@@ -8,7 +8,7 @@ import zlib
 import brotli
 import pytest
 
-from ingest.decoding import BodyDecoder, DecodeError, TooLarge
+from ingest.api.decoding import BodyDecoder, DecodeError, TooLarge
 
 PAYLOAD = b'[{"event_name": "page_view"}]' * 50
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.sink import Sink
+from ingest.storage.sink import Sink
 
 from .support import count, event, eventually
 
@@ -114,3 +114,32 @@ def test_every_value_reaches_the_table_exactly_as_the_service_built_it(ch, setti
     # FixedString comes back as bytes from the client.
     assert sorted((*r[:5], r[5].decode(), r[6]) for r in stored) == sorted(rows)
     sink.close()
+
+
+async def test_a_bug_in_the_insert_path_is_reported_as_one_with_its_traceback_not_as_an_outage(make_client, ch,
+                                                                                               monkeypatch, caplog):
+    """A programming error (here: in the encoder, our code) is neither ClickHouse's nor the network's: the log has its
+    traceback, the metric counts it apart, /health names it; the events stay and go in once the code works."""
+    import ingest.storage.sink as sink_module
+
+    real = sink_module.encode_columns
+
+    def broken(rows):
+        raise ZeroDivisionError("a bug")
+
+    client = await make_client(flush_interval_seconds=0.05, retry_max_seconds=0.1)
+    await client.get("/health")
+    monkeypatch.setattr(sink_module, "encode_columns", broken)
+    assert (await client.post("/events", json=[event(session_id="kept")])).status == 202
+
+    async def reported():
+        return (await (await client.get("/health")).json())["last_flush"]["error_kind"] == "internal_error"
+
+    await eventually(reported)
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "failing" and any("a bug in this service" in p for p in health["problems"])
+    assert 'ingest_flush_failures_total{kind="internal_error"}' in await (await client.get("/metrics")).text()
+    bug_lines = [r for r in caplog.records if "bug in the service" in r.getMessage()]
+    assert len(bug_lines) == 1 and bug_lines[0].exc_info and bug_lines[0].exc_info[0] is ZeroDivisionError
+    monkeypatch.setattr(sink_module, "encode_columns", real)
+    await eventually(lambda: count(ch) == 1, timeout=10)

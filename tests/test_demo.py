@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from ingest import demo
-from ingest.schema import EventValidator, Row
+from ingest.contract.events import Row
+from ingest.contract.validation import EventValidator
 
 from .processes import command, free_port
 from .support import count, eventually

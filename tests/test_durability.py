@@ -8,12 +8,12 @@ import signal
 
 import pytest
 
-from ingest.buffer import Buffer
-from ingest.deadletter import DeadLetterFile
+from ingest.delivery.buffer import Buffer
+from ingest.delivery.deadletter import DeadLetterFile
 from ingest.metrics import Metrics
-from ingest.pipeline import Pipeline
-from ingest.sink import Sink
-from ingest.wal import WriteAheadLog, decode, encode
+from ingest.delivery.pipeline import Pipeline
+from ingest.storage.sink import Sink
+from ingest.delivery.wal import WriteAheadLog, decode, encode
 
 from .support import count, event, eventually
 
@@ -192,7 +192,7 @@ async def test_two_logs_never_give_two_batches_the_same_token(tmp_path):
 
 
 def test_a_batch_is_cut_into_one_range_of_rows_per_month_the_same_way_every_time():
-    from ingest.pipeline import month_units
+    from ingest.delivery.pipeline import month_units
 
     nov, dec = 1_795_000_000_000, 1_796_500_000_000  # 2026-11-18 and 2026-12-05, UTC
     assert month_units(rows(3, "a")) == [(0, 3)]
@@ -204,7 +204,7 @@ def test_a_batch_is_cut_into_one_range_of_rows_per_month_the_same_way_every_time
 
 
 def test_an_insert_token_names_its_rows_and_the_rows_no_stored_insert_holds_are_found():
-    from ingest.pipeline import gaps, token_range
+    from ingest.delivery.pipeline import gaps, token_range
 
     assert token_range("0f3a:4-9[0:500]") == (0, 500)
     assert token_range("0f3a:4-9[250:375]~1a2b3c4d") == (250, 375)

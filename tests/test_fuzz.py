@@ -12,7 +12,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from ingest.app import create_app
+from ingest.api.app import create_app
 
 from .live import serving
 from .support import count, event

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.dashboard import load_dashboard, panel_queries
-from ingest.macros import MACROS, QueryRange, expand
-from ingest.sink import Sink
-from ingest.variables import ALL, VARIABLE, dashboard_variables, substitute
+from ingest.grafana.dashboard import load_dashboard, panel_queries
+from ingest.grafana.macros import MACROS, QueryRange, expand
+from ingest.storage.sink import Sink
+from ingest.grafana.variables import ALL, VARIABLE, dashboard_variables, substitute
 
 from .stack import volumes
 from .support import event

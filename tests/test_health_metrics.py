@@ -6,7 +6,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.sink import FAILURE_KINDS
+from ingest.storage.failures import FAILURE_KINDS
 
 from .support import count, event, eventually
 
@@ -86,7 +86,7 @@ async def test_each_app_has_its_own_metrics(make_client, ch, settings):
 
 
 async def test_health_answers_within_a_healthcheck_timeout_while_an_insert_holds_storage(make_client):
-    from ingest.app import PIPELINE
+    from ingest.api.app import PIPELINE
 
     client = await make_client()
     assert (await client.get("/health")).status == 200

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from ingest.idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id
+from ingest.delivery.idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id
 
 from .processes import Service, count_rows
 from .support import count, event, eventually

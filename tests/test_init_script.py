@@ -13,7 +13,7 @@ import uuid
 import clickhouse_connect
 import pytest
 
-from ingest.sink import ddl_files, statements
+from ingest.storage.ddl import ddl_files, statements
 
 from .stack import ROOT
 

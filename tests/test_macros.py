@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.macros import MAX_NESTING_DEPTH, MacroError, QueryRange, expand, split_args, strip_comments
+from ingest.grafana.macros import MAX_NESTING_DEPTH, MacroError, QueryRange, expand, split_args, strip_comments
 
 # The plugin's test range. Sub-second parts show the rounding: seconds round down, milliseconds are kept.
 FROM = datetime(2014, 11, 12, 11, 45, 26, 123_000, tzinfo=timezone.utc)

@@ -14,8 +14,8 @@ import schemathesis
 import schemathesis.checks
 from hypothesis import HealthCheck, given, settings as hyp_settings
 
-from ingest.app import create_app
-from ingest.schema import SCHEMA
+from ingest.api.app import create_app
+from ingest.contract.events import SCHEMA
 
 from .live import serving
 from .support import count, iso

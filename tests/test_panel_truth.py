@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.macros import QueryRange, expand
-from ingest.dashboard import load_dashboard, load_options, panel_queries
-from ingest.sink import Sink
-from ingest.variables import ALL, dashboard_variables, substitute
+from ingest.grafana.macros import QueryRange, expand
+from ingest.grafana.dashboard import load_dashboard, load_options, panel_queries
+from ingest.storage.sink import Sink
+from ingest.grafana.variables import ALL, dashboard_variables, substitute
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = timedelta(milliseconds=1)

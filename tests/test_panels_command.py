@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest import panels
-from ingest.__main__ import main as cli
-from ingest.sink import Sink
+from ingest.terminal import panels
+from ingest.cli import main as cli
+from ingest.storage.sink import Sink
 
 from .processes import Service, command
 
@@ -61,7 +61,7 @@ def test_panels_prints_the_four_panels_in_an_80_by_24_frame(ch, settings, range_
 
 
 def test_a_query_the_plugin_refuses_shows_the_plugins_message_and_never_reaches_clickhouse():
-    from ingest import dashboard as dash
+    from ingest.grafana import dashboard as dash
 
     board = dash.load_dashboard()
     board["panels"][0]["targets"][0]["rawSql"] = "SELECT $__timeGroup(timestamp) AS time, 1 AS n FROM events"
@@ -75,7 +75,7 @@ def test_a_query_the_plugin_refuses_shows_the_plugins_message_and_never_reaches_
 
 
 def test_a_query_failing_without_a_message_shows_the_failures_kind_and_the_other_panels_still_run():
-    from ingest import dashboard as dash
+    from ingest.grafana import dashboard as dash
 
     board = dash.load_dashboard()
     qrange = dash.query_range("1h", datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
@@ -157,7 +157,7 @@ def test_panels_watch_into_a_pipe_prints_frames_without_screen_codes(tmp_path, m
 def test_the_panels_endpoint_answers_this_machine_only(make_client):
     from aiohttp.test_utils import make_mocked_request
 
-    from ingest.app import _from_this_machine
+    from ingest.api.app import _from_this_machine
 
     for peer, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False), ("172.18.0.1", False)):
         transport = type("T", (), {"get_extra_info": lambda self, name, default=None: (peer, 1234)})()

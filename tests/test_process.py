@@ -79,5 +79,11 @@ def test_the_wheel_carries_the_schema_document_and_the_init_ddl(tmp_path):
     [wheel] = tmp_path.glob("ingest-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sql = sorted(p.name for p in (ROOT / "clickhouse" / "init" / "sql").glob("*.sql"))
-    assert {"ingest/event.schema.json", "ingest/openapi.json", "ingest/tracker.js"} <= names
+    assert {"ingest/contract/event.schema.json", "ingest/api/openapi.json", "ingest/tracker.js",
+            "ingest/dashboards/product-analytics.json"} <= names
     assert {f"ingest/ddl/{n}" for n in sql} <= names
+    assert "ingest/Dockerfile" not in names
+    # The embedded engine is an extra: a server's install does not pull it in.
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "chdb" in r] == ["Requires-Dist: chdb>=4.1.7; extra == 'embedded'"]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from ingest.app import create_app
+from ingest.api.app import create_app
 
 from .support import event, require_tool
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from ingest.macros import PLUGIN_VERSION
+from ingest.grafana.macros import PLUGIN_VERSION
 
 from .grafana_types import TypeCheck, packages
 from .stack import ROOT

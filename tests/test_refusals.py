@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from ingest.deadletter import DeadLetterFile
+from ingest.delivery.deadletter import DeadLetterFile
 
 from .support import count, event, eventually
 
@@ -117,7 +117,7 @@ async def test_a_fault_only_an_operator_can_fix_is_logged_once_as_an_error_and_n
     assert "UNKNOWN_TABLE" in errors[0].getMessage() and "unknown_table" in errors[0].getMessage()
     assert _failures(await (await client.get("/metrics")).text(), "unknown_table") >= 5
 
-    from ingest.sink import Sink
+    from ingest.storage.sink import Sink
     Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
     await eventually(lambda: count(ch) == 1, timeout=10)
     await eventually(lambda: _healthy(client))

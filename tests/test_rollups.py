@@ -10,11 +10,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from ingest.macros import QueryRange, expand
-from ingest.dashboard import load_dashboard, panel_queries
-from ingest.rollups import rebuild
-from ingest.sink import Sink, ddl_files, statements
-from ingest.variables import dashboard_variables, substitute
+from ingest.grafana.macros import QueryRange, expand
+from ingest.grafana.dashboard import load_dashboard, panel_queries
+from ingest.storage.rollups import rebuild
+from ingest.storage.ddl import ddl_files, statements
+from ingest.storage.sink import Sink
+from ingest.grafana.variables import dashboard_variables, substitute
 
 from .test_panel_truth import COUNTRIES, DEVICES, SELECTIONS, chosen
 
@@ -247,7 +248,7 @@ def test_rollups_keep_the_events_tables_retention_and_monthly_partitions(ch, loa
 
 
 def test_rebuild_rollups_command_refills_the_configured_database(ch, settings, monkeypatch, capsys):
-    from ingest.__main__ import main as cli
+    from ingest.cli import main as cli
 
     _apply_only_the_events_table(settings)
     _insert_in_batches(ch, random_events(seed=9)[:500], batches=1)

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.schema import COLUMNS, SCHEMA, EventValidator, Row, parse_timestamp
+from ingest.contract.events import COLUMNS, SCHEMA, Row, parse_timestamp
+from ingest.contract.validation import EventValidator
 
 from .support import event
 from .test_events_api import PER_EVENT_ERRORS

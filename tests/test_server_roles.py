@@ -16,10 +16,10 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from ingest.macros import QueryRange, expand
-from ingest.dashboard import load_dashboard, panel_queries
-from ingest.sink import failure_kind
-from ingest.variables import dashboard_variables, substitute
+from ingest.grafana.macros import QueryRange, expand
+from ingest.grafana.dashboard import load_dashboard, panel_queries
+from ingest.storage.sink import failure_kind
+from ingest.grafana.variables import dashboard_variables, substitute
 
 from . import test_panel_truth as truth
 from .server_users import ServerUsers, definer

@@ -14,7 +14,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from ingest.app import create_app
+from ingest.api.app import create_app
 
 from .test_docs import ROOT
 

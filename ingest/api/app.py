@@ -10,28 +10,31 @@ import logging
 import math
 import time
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import orjson
 from aiohttp import web
 
+from ..config import Settings
+from ..contract.events import SCHEMA_TEXT, country_from_header
+from ..contract.validation import EventValidator
+from ..delivery.buffer import Buffer, BufferFull
+from ..delivery.deadletter import DeadLetterFile
+from ..delivery.idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id, key_problem
+from ..delivery.pipeline import Pipeline, WalError
+from ..delivery.wal import WriteAheadLog
+from ..grafana.dashboard import RANGES, load_dashboard, load_options, query_range, results_to_json, run_panels
+from ..grafana.variables import VariableError, chosen_values, dashboard_variables, describe
+from ..metrics import CONTENT_TYPE_LATEST, Metrics
+from ..shipped import shipped_file
+from ..storage.failures import FAILURE_HINTS
+from ..storage.sink import Sink
 from . import access
-from .buffer import Buffer, BufferFull
-from .config import Settings
-from .dashboard import RANGES, load_dashboard, load_options, query_range, results_to_json, run_panels
-from .variables import VariableError, chosen_values, dashboard_variables, describe
-from .connections import ACCEPT_FAILED, Connections
+from .connections import LISTEN_BACKLOG, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
-from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .deadletter import DeadLetterFile
-from .idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id, key_problem
 from .openapi import OPENAPI_TEXT
-from .pipeline import Pipeline, WalError
-from .schema import SCHEMA_TEXT, EventValidator, country_from_header
-from .sink import FAILURE_HINTS, Sink
-from .wal import WriteAheadLog
+from .server import client_gone, close_after_answer
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 VALIDATOR = web.AppKey("validator", EventValidator)
 DASHBOARD = web.AppKey("dashboard", dict)
 CONNECTIONS = web.AppKey("connections", Connections)
-# Connections asyncio accepts at once before any is counted (the listen backlog): they need files beyond the limit.
-LISTEN_BACKLOG = 128
 # A request marked so is answered and its connection closed at once, without aiohttp's lingering read of the rest
 # of its body (up to 10 s, holding the socket): for a client too slow to send it.
 _CLOSE_NOW = "ingest.close_now"
@@ -122,7 +123,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         # The client went away mid-body (ConnectionResetError), or its connection was closed before this handler
         # began (aiohttp then says RuntimeError "Connection closed."; the connection limit does that to a request
         # whose headers had just arrived). Nobody will read an answer: no error log, no traceback.
-        if isinstance(exc, RuntimeError) and request.protocol.connected:
+        if isinstance(exc, RuntimeError) and not client_gone(request):
             raise
         request[_CLOSE_NOW] = True
         raise RequestError(408, "body_incomplete", "the connection closed before the request body arrived; "
@@ -309,7 +310,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 # The browser tracker: one static file, read once; its ETag changes with its content.
-TRACKER_JS: bytes = resources.files(__package__).joinpath("tracker.js").read_bytes()
+TRACKER_JS: bytes = shipped_file("tracker.js", "clients/browser/tracker.js").read_bytes()
 TRACKER_ETAG = '"' + hashlib.sha256(TRACKER_JS).hexdigest()[:32] + '"'
 # Compressed once at start: ~13 KB of readable source is ~5 KB on the wire. The compressed copy is another
 # representation, so it has its own ETag (RFC 9110 8.8.3); either one names the same script.
@@ -396,7 +397,7 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
             await response.write_eof()
         except ConnectionError:
             pass  # the client is gone already
-        request.protocol.force_close()  # the answer is written; closing flushes it, then frees the socket
+        close_after_answer(request)  # the answer is written; closing flushes it, then frees the socket
     else:
         connections.idle(request.transport)
     return response
@@ -471,36 +472,3 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/schema", get_schema)
     app.router.add_get("/openapi.json", get_openapi)
     return app
-
-
-class TrackedSite(web.BaseSite):
-    """A TCP site whose connections go through the app's Connections: a limit, header deadlines, eviction."""
-
-    def __init__(self, runner: web.AppRunner, host: str, port: int, connections: Connections, backlog: int,
-                 sock=None) -> None:
-        super().__init__(runner, backlog=backlog)
-        self._host, self._port, self._connections, self._sock = host, port, connections, sock
-
-    @property
-    def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        factory = self._connections.protocol_factory(self._runner.server)
-        if self._sock is not None:  # bound before start-up, so a busy port failed first
-            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
-        else:
-            self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
-
-
-def quiet_accept_failures(loop: asyncio.AbstractEventLoop, connections: Connections) -> None:
-    """Route asyncio's "out of files" accept errors (one a second while they last) to Connections, which logs once."""
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if context.get("message") == ACCEPT_FAILED and connections.accept_failed(context.get("exception")):
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)

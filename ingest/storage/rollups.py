@@ -15,9 +15,9 @@ from typing import Callable
 
 from clickhouse_connect.driver.client import Client
 
-from .sink import ddl_files, quote, statements
+from .ddl import ddl_files, quote, statements
 
-# The parameterised view (005_insert_token.sql) that returns the rows one insert stored: a repair reads them through
+# The parameterised view (005_exactly_once.sql) that returns the rows one insert stored: a repair reads them through
 # it, so the ingest user needs no SELECT on the events table itself.
 _INSERTED = "inserted_events"
 _FROM_EVENTS = re.compile(r"\bFROM events\b")
@@ -134,26 +134,3 @@ def repair(run: Callable[..., object], query: Callable[[str], list[tuple]], toke
         else:
             outcomes[rollup.target] = "unsure"
     return outcomes
-
-
-def rebuild_command(settings) -> dict[str, int]:
-    """`python -m ingest rebuild-rollups`: connect as configured (the embedded engine gets its schema, so the
-    views exist) and rebuild; StartupError says in one line why it could not start."""
-    import clickhouse_connect
-
-    from .errors import StartupError
-    from .sink import Sink, reason
-
-    embedded = settings.clickhouse_url.startswith("chdb://")
-    try:
-        if embedded:
-            Sink(settings.clickhouse_url, settings.clickhouse_database).open()  # creates the schema, or says why not
-        client = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
-    except StartupError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-        raise StartupError(f"cannot reach ClickHouse at {settings.redacted_url}: {reason(exc)}") from None
-    try:
-        return rebuild(client)
-    finally:
-        client.close()

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .schema import Row
+from ..contract.events import Row
 
 
 class BufferFull(Exception):

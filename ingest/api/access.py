@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
-from .config import Settings
+from ..config import Settings
 
 EVENTS_PATH = "/events"
 # Chromium caps a cached preflight at 2 hours; asking for more buys nothing.

@@ -1,6 +1,6 @@
 """A Python client for the ingest service: `track()` from any thread; background threads batch, gzip and deliver.
 
-    from ingest.client import Client
+    from ingest_client import Client
 
     client = Client("http://127.0.0.1:3001", write_key="...")
     client.track("feature_used", session_id="s-1", user_id="u-42", properties={"feature": "export"})
@@ -31,14 +31,13 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
-from importlib import resources
 from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-# The closed list of event names, from the schema the service validates with (read as plain JSON: no jsonschema).
-EVENT_NAMES: tuple[str, ...] = tuple(json.loads(resources.files(__package__).joinpath("event.schema.json")
-                                                .read_text())["properties"]["event_name"]["enum"])
+# The closed list of event names: written into _contract.py from the service's event schema when this distribution
+# is built (hatch_build.py), so the client reads no file and needs no schema beside it.
+from ._contract import EVENT_NAMES  # noqa: E402
 MAX_BATCH = 500  # the service's limit per request
 MAX_RETRY_AFTER = 300.0  # a Retry-After beyond this is read as this
 

@@ -1,8 +1,8 @@
 """`python -m ingest panels`: the product dashboard in a terminal — Grafana's panel SQL, expanded and run here.
 
 The SQL is read from the dashboard JSON (the one place it lives), its template variables substituted as Grafana's
-frontend does (ingest/variables.py: the saved selection, or --var) and its macros expanded as the plugin's backend
-does (ingest/macros.py), so what this prints is what Grafana's panels show for the same range and selection; the
+frontend does (ingest/grafana/variables.py: the saved selection, or --var) and its macros expanded as the plugin's backend
+does (ingest/grafana/macros.py), so what this prints is what Grafana's panels show for the same range and selection; the
 frame says which variables it substituted.
 Where it runs: on a ClickHouse server directly; on the embedded engine directly, or, while a service holds that
 data directory (one process per directory), through the service's `GET /panels`, which runs the same SQL.
@@ -21,10 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .dashboard import (DashboardError, PanelResult, load_dashboard, load_options, query_range,
+from ..grafana.dashboard import (DashboardError, PanelResult, load_dashboard, load_options, query_range,
                         results_from_json, run_panels)
-from .macros import QueryRange
-from .variables import Variable, VariableError, dashboard_variables, describe
+from ..grafana.macros import QueryRange
+from ..grafana.variables import Variable, VariableError, dashboard_variables, describe
 
 REFRESH_SECONDS = 5.0  # the dashboard's refresh
 WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal
@@ -54,7 +54,7 @@ class Direct:
     def __init__(self, settings, dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> None:
         import clickhouse_connect
 
-        from .sink import reason
+        from ..storage.failures import reason
 
         self.dashboard = dashboard
         self.chosen = chosen
@@ -98,7 +98,7 @@ class ViaService:
         self.label = _label(settings, via=self.url)
 
     def frame(self, range_name: str) -> Frame:
-        from .sink import reason
+        from ..storage.failures import reason
 
         try:
             with urllib.request.urlopen(f"{self.url}/panels?range={range_name}&{self.query}", timeout=30) as resp:
@@ -135,7 +135,7 @@ def _variables(dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> dict[
 def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]] | None = None,
                 service_url: str | None = None) -> Direct | ViaService:
     """Direct access where this process may open the storage; else the service that holds the embedded data."""
-    from .sink import data_holder
+    from ..storage.embedded import data_holder
 
     chosen = chosen or {}
     if not settings.clickhouse_url.startswith("chdb://"):

@@ -17,7 +17,7 @@ expands macros with grafana/macropro v1.0.1 (`pkg/macros/macros.go`: `macropro.I
 - Errors read as the plugin's, before sqlds adds "Could not apply macros: " (which the panels command shows).
 
 Pure functions: no ClickHouse, no clock. The template variables a dashboard's frontend substitutes first are in
-ingest/variables.py.
+ingest/grafana/variables.py.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import orjson
 
-from .errors import StartupError, path_problem
-from .schema import COLUMNS, Row
+from ..contract.events import COLUMNS, Row
+from ..errors import StartupError, path_problem
 
 
 class DeadLetterFile:

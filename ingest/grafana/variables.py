@@ -1,5 +1,5 @@
 """Dashboard template variables, substituted into panel SQL as Grafana's frontend does before the plugin's backend
-expands macros (ingest/macros.py). The backend never sees a template variable, so alert rules cannot use them.
+expands macros (ingest/grafana/macros.py). The backend never sees a template variable, so alert rules cannot use them.
 
 Read in grafana-clickhouse-datasource 4.20.0, src/data/CHDatasource.ts `applyTemplateVariables`:
 1. `$__conditionalAll(condition, $var)` becomes `condition`, or `1=1` where the variable's value is empty or All
@@ -11,7 +11,7 @@ Read in grafana-clickhouse-datasource 4.20.0, src/data/CHDatasource.ts `applyTem
    value, or the variable's custom all value inserted as it is.
 
 Query variables take their options from their query, as Grafana loads them (the plugin's variable support runs the
-query's `rawSql`; the first column is the value): ingest/dashboard.py `load_options` runs it, and a value the
+query's `rawSql`; the first column is the value): ingest/grafana/dashboard.py `load_options` runs it, and a value the
 variable does not offer is refused, as Grafana's drop-down (with `allowCustomValue` false) offers none.
 
 Not emulated, refused with a message instead of running other SQL than Grafana would: explicit formats

@@ -28,6 +28,9 @@ _OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_CALM_SECONDS = 5.0
 
 
+# Connections asyncio accepts at once before any is counted (the listen backlog): they need files beyond the limit.
+LISTEN_BACKLOG = 128
+
 class _Tracked(asyncio.Protocol):
     """One connection: forwards every protocol call to the HTTP server's protocol, and tells Connections its state."""
 

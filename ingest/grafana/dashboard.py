@@ -10,11 +10,11 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import first_line
+from ..errors import first_line
+from ..shipped import shipped_file
 from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
 from .variables import Variable, VariableError, substitute
 
@@ -28,12 +28,8 @@ class DashboardError(ValueError):
 
 
 def dashboard_path() -> Path:
-    """The product dashboard JSON: from the source checkout, else the copy the wheel carries."""
-    repo_file = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / DASHBOARD_FILE
-    if repo_file.is_file():
-        return repo_file
-    packaged = resources.files(__package__).joinpath("dashboards", DASHBOARD_FILE)
-    return Path(str(packaged))
+    """The product dashboard JSON (grafana/dashboards/, or the copy an installed wheel carries)."""
+    return shipped_file(f"dashboards/{DASHBOARD_FILE}", f"grafana/dashboards/{DASHBOARD_FILE}")
 
 
 def load_dashboard(path: Path | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from .schema import SCHEMA
+from ..contract.events import SCHEMA
 
 
 DEFINITION_PREFIX = "Event."  # the event schema's definitions, as components: #/definitions/x -> Event.x

@@ -2,78 +2,25 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import re
 import threading
 import time
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import clickhouse_connect
 import orjson
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DataError, OperationalError
+from clickhouse_connect.driver.exceptions import ClickHouseError, DataError, OperationalError
 
-from .errors import StartupError, first_line, path_problem
-from .schema import COLUMNS, Row
+from ..contract.events import COLUMNS, Row
+from ..errors import StartupError
+from .ddl import ddl_files, quote, statements
+from .embedded import embedded_failure, require_engine
+from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, error_code, in_view
 
 log = logging.getLogger(__name__)
 TABLE = "events"
-
-# Codes ClickHouse answers when the rows themselves are unacceptable (parse errors, type mismatch,
-# out-of-range values, violated constraints): the same rows would fail again however often they are
-# retried. Everything else (network, missing table, memory, too many parts...) is worth retrying.
-CONTENT_ERROR_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469})
-
-
-# Codes no retry can fix: the user, its grants or the schema are wrong, and an operator must act. The service still
-# retries them (so the fix needs no restart) but says so loudly, once per cause.
-OPERATOR_ERROR_KINDS = {
-    497: "access_denied",       # ACCESS_DENIED: a grant is missing (or a view runs as a user without one)
-    516: "authentication",      # AUTHENTICATION_FAILED
-    192: "authentication",      # UNKNOWN_USER
-    193: "authentication",      # WRONG_PASSWORD
-    194: "authentication",      # REQUIRED_PASSWORD
-    81: "unknown_database",     # UNKNOWN_DATABASE
-    60: "unknown_table",        # UNKNOWN_TABLE
-    16: "unknown_column",       # NO_SUCH_COLUMN_IN_TABLE: the table is older than the service
-}
-# What each kind of failure means and what to do, for the log and /health.
-FAILURE_HINTS = {
-    "access_denied": "the ClickHouse user may not do this insert: check its grants, and that the rollup views run "
-                     "as their definer (docs/operations.md: Grants on a server)",
-    "authentication": "ClickHouse refuses the user or password in CLICKHOUSE_URL",
-    "unknown_database": "the database does not exist: check CLICKHOUSE_DATABASE and that the init ran",
-    "unknown_table": "a table is missing: the init (clickhouse/init) has not run or failed",
-    "unknown_column": "the events table lacks a column the service writes: apply clickhouse/init/sql",
-    "rows_refused": "ClickHouse refuses every row tried for its content: the batch is held and retried, not "
-                    "dead-lettered, until rows go in; if the events table changed, fix it",
-    "view_failed": "a materialized view fails on insert: the batch is in the events table but not in the rollups "
-                   "the dashboard reads; fix or drop the view, then the same batch is retried and stored once",
-    "unreachable": "ClickHouse does not answer; inserts are retried",
-    "server": "ClickHouse failed the insert; it is retried",
-    "other": "the insert failed; it is retried",
-}
-FAILURE_KINDS = tuple(FAILURE_HINTS)
-# Failures that last until someone changes ClickHouse: logged as errors (the others are usually transient).
-NEEDS_OPERATOR = frozenset({*OPERATOR_ERROR_KINDS.values(), "rows_refused", "view_failed"})
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The ClickHouse error code an exception carries (attribute or message), if any."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    match = re.search(r"Code: (\d+)", str(exc))
-    return int(match.group(1)) if match else None
-
-
-def in_view(exc: BaseException) -> bool:
-    """True if the insert failed in a materialized view, after the events table had taken the block."""
-    return "while pushing to view" in str(exc)
 
 
 def is_content_error(exc: BaseException) -> bool:
@@ -96,7 +43,10 @@ def failure_kind(exc: BaseException) -> str:
         return "server"
     if isinstance(exc, (OperationalError, OSError, TimeoutError)):
         return "unreachable"
-    return "other"
+    if isinstance(exc, ClickHouseError):
+        return "other"
+    # Neither ClickHouse nor the network: a programming error here, not an outage (logged with its traceback).
+    return "internal_error"
 
 
 # Rows go to ClickHouse as one JSON document of columns, encoded by orjson (C) and parsed by the engine (C++):
@@ -120,72 +70,6 @@ def encode_columns(rows: list[Row]) -> bytes:
     columns = list(zip(*rows))
     columns[1] = [ms / 1000 for ms in columns[1]]
     return orjson.dumps(columns)
-
-
-def reason(exc: BaseException) -> str:
-    """The gist of a client error for a one-line message: the OS's words if it has them, else its first line."""
-    text = str(exc).strip()
-    errno_text = re.search(r"\[Errno -?\d+\] ([^\"')\]]+)", text)
-    if errno_text:
-        return errno_text.group(1).strip()
-    code = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(version [^)]*\))?$", text.splitlines()[0] if text else "")
-    return code.group(1)[:300] if code else first_line(exc)
-
-
-def quote(text: str) -> str:
-    """A ClickHouse string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def embedded_failure(path: Path, exc: BaseException) -> str:
-    """Why the embedded engine at path did not open, and what to do, in one line."""
-    if isinstance(exc, OSError) and not (path.is_dir() and os.access(path, os.W_OK)):
-        return f"CLICKHOUSE_URL: cannot use {path} as the embedded ClickHouse data directory: {path_problem(path, exc)}"
-    holder = data_holder(path)
-    if holder is not None:
-        return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): one process "
-                "can open it at a time; stop that one first, or point CLICKHOUSE_URL at another directory")
-    return f"cannot open the embedded ClickHouse in {path}: {first_line(exc)}"
-
-
-def data_holder(path: Path) -> str | None:
-    """The pid of the process whose embedded engine holds path (ClickHouse flocks its `status` file), else None."""
-    status = path / "status"
-    try:
-        fd = os.open(status, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except OSError:
-        match = re.search(rb"PID: (\d+)", os.read(fd, 4096))
-        holder = match.group(1).decode() if match else "?"
-        return None if holder == str(os.getpid()) else holder  # this process's own engine: it may use it
-    finally:
-        os.close(fd)
-
-
-def ddl_files() -> list[tuple[str, str]]:
-    """The numbered init DDL (name, text): from the installed package, or from the source checkout."""
-    packaged = resources.files(__package__).joinpath("ddl")
-    if packaged.is_dir():
-        files = [(p.name, p.read_text()) for p in packaged.iterdir() if p.name.endswith(".sql")]
-    else:
-        repo_dir = Path(__file__).resolve().parent.parent / "clickhouse" / "init" / "sql"
-        files = [(p.name, p.read_text()) for p in repo_dir.glob("*.sql")]
-    if not files:
-        raise FileNotFoundError("no init DDL found (clickhouse/init/sql/*.sql)")
-    return sorted(files)
-
-
-def statements(sql: str) -> Iterator[str]:
-    """Split a DDL file into statements (our DDL keeps ';' out of strings and comments)."""
-    without_comments = re.sub(r"--[^\n]*", "", sql)
-    for part in without_comments.split(";"):
-        if part.strip():
-            yield part.strip()
 
 
 class Sink:
@@ -247,6 +131,8 @@ class Sink:
 
         The embedded engine must open now: StartupError says why it cannot, in one line.
         """
+        if self.embedded:
+            require_engine()
         with self._lock:
             try:
                 self._connect()
@@ -302,13 +188,15 @@ class Sink:
         # A second of margin for the whole-second uptime: a restart takes longer than that.
         return uptime + 1 < time.time() - started_at
 
-    def repair_rollups(self, token: str, first_ms: int, last_ms: int) -> dict[str, str]:
-        """Make the rollups hold, once, the rows the insert `token` stored (rollups.repair); rollup -> outcome."""
-        from .rollups import repair
-
+    def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        """Run a statement on the inserting client (one call at a time with the inserts)."""
         with self._lock:
-            client = self._connect()
-            return repair(client.command, lambda sql: client.query(sql).result_rows, token, first_ms, last_ms)
+            self._connect().command(sql, settings=dict(settings or {}))
+
+    def rows(self, sql: str) -> list[tuple]:
+        """A query's rows, on the inserting client (what the ingest user may read; see query() for dashboards)."""
+        with self._lock:
+            return self._connect().query(sql).result_rows
 
     def ping(self, wait: float = 1.0) -> bool:
         """True if ClickHouse answers a trivial query.

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import orjson
 
-from .errors import StartupError, path_problem
-from .schema import Row
+from ..contract.events import Row
+from ..errors import StartupError, path_problem
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
+from ..contract.events import Row
+from ..metrics import Metrics
+from ..storage.failures import FAILURE_HINTS, NEEDS_OPERATOR, error_code
+from ..storage.rollups import repair
+from ..storage.sink import Sink, failure_kind, is_content_error
 from .buffer import Batch, Buffer, BufferFull
 from .deadletter import DeadLetterFile
 from .idempotency import IdempotencyKeys
-from .metrics import Metrics
-from .schema import Row
-from .sink import FAILURE_HINTS, NEEDS_OPERATOR, Sink, error_code, failure_kind, is_content_error
 from .wal import WalError, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,10 @@ class Pipeline:
                       self.state.last_error)
             return
         self._cause = (kind, code)
+        if kind == "internal_error":
+            log.error("insert of %d events failed on a bug in the service (%s); they are kept and retried",
+                      len(batch.rows), FAILURE_HINTS[kind], exc_info=exc)
+            return
         # Kinds a retry cannot fix get an ERROR: the service keeps retrying, but only an operator can end it.
         level = logging.ERROR if kind in NEEDS_OPERATOR else logging.WARNING
         log.log(level, "insert of %d events failed (%s: %s); retrying until it succeeds. ClickHouse said: %s",
@@ -260,7 +266,7 @@ class Pipeline:
                 refused += self._split(rows, gap_lo, gap_hi, batch.token, fresh, search)
         first_ms, last_ms = min(r[1] for r in rows), max(r[1] for r in rows)
         for token in stored:
-            for target, outcome in self.sink.repair_rollups(token, first_ms, last_ms).items():
+            for target, outcome in repair(self.sink.command, self.sink.rows, token, first_ms, last_ms).items():
                 self.metrics.rollup_repairs.labels(outcome).inc()
                 if outcome == "unsure":
                     log.error("rollup %s does not agree with the events table around insert %s; nothing changed: "

@@ -1,0 +1,63 @@
+"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic,
+`rebuild-rollups` refills the dashboard rollups from the events table (after an upgrade). One module per command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import ConfigError, Settings, environment_help
+from ..errors import StartupError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import demo, panels
+
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the ingest service (settings from the environment)",
+                        description="Run the ingest service until SIGINT/SIGTERM (then it flushes its buffer). "
+                                    "Every setting is an environment variable:",
+                        epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    panels.add_arguments(commands.add_parser(
+        "panels", help="print the product dashboard's panels, run on the configured ClickHouse",
+        description="The product dashboard in a terminal: Grafana's panel SQL, run on CLICKHOUSE_URL / "
+                    "CLICKHOUSE_DATABASE (on the embedded engine through the running service, "
+                    "INGEST_HOST:INGEST_PORT, if it holds the data).", formatter_class=defaults))
+    # Demo traffic takes its options from argv, not the environment.
+    demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
+                                           description=demo.traffic.__doc__, formatter_class=defaults))
+    commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
+                                                "(run with the service stopped)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run(args)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":
+        # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not. A filter on the
+        # handler, because a library may set its own logger's level when it is imported.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.name.startswith("ingest") or record.levelno >= logging.ERROR)
+    try:
+        if args.command == "serve":
+            from . import serve
+
+            serve.run(settings)
+        elif args.command == "panels":
+            return panels.run(args, settings, parser)
+        elif args.command == "rebuild-rollups":
+            from . import rollups
+
+            rollups.run(settings)
+    except StartupError as exc:
+        name = "" if args.command == "serve" else f" {args.command}"
+        print(f"ingest{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0

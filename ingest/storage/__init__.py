@@ -1,0 +1,1 @@
+"""Storage: ClickHouse through one client (sink), the DDL, how inserts fail, and the rollups' upkeep."""

@@ -1,0 +1,1 @@
+"""The terminal dashboard: `python -m ingest panels`, the product dashboard's panels drawn as text."""
