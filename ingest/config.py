@@ -86,8 +86,8 @@ class Settings:
             raise ConfigError("INGEST_BUFFER_MAX_EVENTS must be at least INGEST_FLUSH_EVENTS")
         if self.durability not in ("wal", "memory"):
             raise ConfigError(f"INGEST_DURABILITY must be wal or memory, got {self.durability!r}")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"INGEST_PORT must be a TCP port, got {self.port}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"INGEST_PORT must be a TCP port (0: any free one), got {self.port}")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"INGEST_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level[:40]!r}")
         if not all(_WRITE_KEY.match(k) for k in self.write_keys):
@@ -162,7 +162,7 @@ ENV_VARS = tuple(_ENV.values())
 # One line per setting for `serve --help` (docs/configuration.md says more).
 _HELP = {
     "host": "listen address (0.0.0.0: every interface)",
-    "port": "listen port",
+    "port": "listen port (0: any free port, named in the log's `listening on` line)",
     "clickhouse_url": "chdb:///dir (embedded engine) or http(s)://user:password@host:port",
     "clickhouse_database": "database of the events table",
     "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",

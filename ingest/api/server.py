@@ -57,7 +57,9 @@ class TrackedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        """The URL it listens on, with the port the socket really has (INGEST_PORT=0 lets the system pick one)."""
+        port = self._sock.getsockname()[1] if self._sock is not None else self._port
+        return f"http://{self._host}:{port}"
 
     async def start(self) -> None:
         await super().start()
