@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 
 class ConfigError(ValueError):
@@ -105,13 +105,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from the environment; unset variables keep their defaults."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(_ENV[f.name])
             if raw is None:
                 continue
             try:
-                values[f.name] = _PARSE[f.type](raw)
+                values[f.name] = _PARSE[str(f.type)](raw)
             except ValueError:
                 raise ConfigError(f"{_ENV[f.name]}={raw!r} is not a valid {f.type}") from None
         return cls(**values)
@@ -204,7 +204,7 @@ def _comma_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-_PARSE = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list}
+_PARSE: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list}
 
 
 def _redact(url: str) -> str:

@@ -25,7 +25,8 @@ class Metrics:
         self.events_stored = Counter(
             "ingest_events_stored", "Events ClickHouse confirmed as inserted.", registry=r)
         self.events_dead_lettered = Counter(
-            "ingest_events_dead_lettered", "Events ClickHouse refused for their content, written to the dead-letter file.",
+            "ingest_events_dead_lettered",
+            "Events ClickHouse refused for their content, written to the dead-letter file.",
             registry=r)
         self.wal_bytes = Gauge(
             "ingest_wal_bytes", "Bytes of write-ahead log on disk (events not yet confirmed by ClickHouse).",

@@ -22,7 +22,8 @@ class ContractHook(BuildHookInterface):
         if schema is None:
             raise FileNotFoundError(f"the event schema is in none of {SCHEMA_PLACES} (relative to {self.root})")
         names = tuple(json.loads(schema.read_text())["properties"]["event_name"]["enum"])
-        text = ('"""Generated from the service\'s event schema when this distribution was built (hatch_build.py)."""\n\n'
+        text = ('"""Generated from the service\'s event schema when this distribution was built '
+                '(hatch_build.py)."""\n\n'
                 f"EVENT_NAMES: tuple[str, ...] = {names!r}\n")
         if version == "editable":
             # An editable install imports the package from the source tree: the module goes there (git ignores it).

@@ -126,7 +126,8 @@ def middlewares(settings: Settings) -> list:
                 # Neither the presented key nor any known key goes into the answer or the log.
                 if presented is None:
                     return refuse(401, "unauthorized", "a write key is required: Authorization: Bearer <key>, "
-                                   "or ?key=<key> for sendBeacon", request, {"WWW-Authenticate": 'Bearer realm="ingest"'})
+                                   "or ?key=<key> for sendBeacon", request,
+                                   {"WWW-Authenticate": 'Bearer realm="ingest"'})
                 return refuse(401, "unauthorized", "the write key is not valid", request,
                                {"WWW-Authenticate": 'Bearer realm="ingest", error="invalid_token"'})
         return await handler(request)

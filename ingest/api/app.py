@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import math
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -182,11 +183,11 @@ async def post_events(request: web.Request) -> web.Response:
     except RequestError as exc:
         return access.refuse(exc.status, exc.code, exc.message, request)
     metrics, keys = app[METRICS], app[PIPELINE].keys
-    ident = print_ = None
+    held: HeldKey | None = None
     if key is not None and keys is not None:
-        ident, print_ = key_id(access.presented_key(request.headers, request.query) or "", key), fingerprint(body)
+        held = HeldKey(keys, key_id(access.presented_key(request.headers, request.query) or "", key), fingerprint(body))
         try:
-            first = keys.begin(ident, print_)
+            first = keys.begin(held.ident, held.fingerprint)
         except KeyInUse:
             return access.refuse(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being "
                                  "answered; nothing stored, retry later", request, {"Retry-After": "1"})
@@ -198,14 +199,22 @@ async def post_events(request: web.Request) -> web.Response:
             return web.Response(body=first[2], status=first[1], content_type="application/json",
                                 headers={"Idempotent-Replayed": "true"})
     try:
-        return await _accept(request, events, ident, print_, started)
+        return await _accept(request, events, held, started)
     finally:
-        if ident is not None:
-            keys.release(ident)  # a no-op once the key is remembered with the events
+        if held is not None:
+            held.keys.release(held.ident)  # a no-op once the key is remembered with the events
 
 
-async def _accept(request: web.Request, events: list[Any], ident: bytes | None, print_: bytes | None,
-                  started: float) -> web.Response:
+@dataclass(frozen=True)
+class HeldKey:
+    """The idempotency key a request holds while it is answered: its digest and its body's fingerprint."""
+
+    keys: IdempotencyKeys
+    ident: bytes
+    fingerprint: bytes
+
+
+async def _accept(request: web.Request, events: list[Any], held: HeldKey | None, started: float) -> web.Response:
     """Validate and buffer the events; with a key, its answer is logged with them (so a repeat gets it)."""
     app = request.app
     validator, metrics, settings, pipeline = app[VALIDATOR], app[METRICS], app[SETTINGS], app[PIPELINE]
@@ -217,7 +226,7 @@ async def _accept(request: web.Request, events: list[Any], ident: bytes | None, 
         return _json({"error": "no_valid_events", "message": "every event was rejected; nothing stored",
                       "accepted": 0, "rejected": rejected}, 400)
     answer = orjson.dumps({"accepted": len(rows), "rejected": rejected})
-    record = None if ident is None else pipeline.keys.record(ident, print_, 202, answer)
+    record = None if held is None else held.keys.record(held.ident, held.fingerprint, 202, answer)
     try:
         await pipeline.accept(rows, record)
     except BufferFull as exc:
@@ -245,7 +254,7 @@ async def get_health(request: web.Request) -> web.Response:
     problems = []
     if not reachable:
         problems.append("storage unreachable")
-    if state.consecutive_failures:
+    if state.consecutive_failures and state.last_error_kind is not None:
         problems.append(f"last {state.consecutive_failures} insert(s) failed ({state.last_error_kind}): "
                         f"{FAILURE_HINTS[state.last_error_kind]}")
     if buffer.full:

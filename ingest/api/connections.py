@@ -148,6 +148,8 @@ class Connections:
 
     def _admit(self, conn: _Tracked) -> bool:
         """Called as a connection is made: make room if the limit is reached, or refuse it if nothing can give way."""
+        transport = conn.transport
+        assert transport is not None
         if self._accept_failures and time.monotonic() - self._last_accept_failure > ACCEPT_CALM_SECONDS:
             log.info("accepting connections again (%d accept(s) had failed for want of open files); "
                      "connection limit now %d", self._accept_failures, self.limit)
@@ -161,9 +163,9 @@ class Connections:
             if not self._evict_oldest():
                 # Every connection is being answered: the service is saturated, not attacked. Refuse the newcomer.
                 self._turned_away()
-                conn.transport.close()
+                transport.close()
                 return False
-        self._open[conn.transport] = conn
+        self._open[transport] = conn
         self._slow[conn] = None
         return True
 
@@ -190,7 +192,7 @@ class Connections:
             conn.timer = None
         conn.expire = None
         self._slow.pop(conn, None)
-        if self._open.get(conn.transport) is conn:
+        if conn.transport is not None and self._open.get(conn.transport) is conn:
             del self._open[conn.transport]
         conn.transport = None
         if self._at_limit and len(self._open) < self.limit * 0.9:
@@ -257,10 +259,10 @@ def connection_limit(wanted: int, backlog: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             pass
-    soft = open_files_limit()
-    if soft is None or soft >= need:
+    now_soft = open_files_limit()
+    if now_soft is None or now_soft >= need:
         return wanted
-    limit = max(1, soft - reserve)
+    limit = max(1, now_soft - reserve)
     log.warning("open-files limit %d leaves room for %d connections, not INGEST_MAX_CONNECTIONS=%d; raise it "
-                "(ulimit -n, or compose's ulimits.nofile) to allow more", soft, limit, wanted)
+                "(ulimit -n, or compose's ulimits.nofile) to allow more", now_soft, limit, wanted)
     return limit

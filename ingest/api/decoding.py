@@ -50,10 +50,12 @@ class BodyDecoder:
         if self.encoding == "identity":
             self._take(chunk, out)
         elif self.encoding == "br":
+            decoder = self._brotli
+            assert decoder is not None
             try:
-                self._take(self._brotli.process(chunk, output_buffer_limit=self._room()), out)
-                while not self._brotli.can_accept_more_data():
-                    self._take(self._brotli.process(b"", output_buffer_limit=self._room()), out)
+                self._take(decoder.process(chunk, output_buffer_limit=self._room()), out)
+                while not decoder.can_accept_more_data():
+                    self._take(decoder.process(b"", output_buffer_limit=self._room()), out)
             except brotli.error as exc:
                 raise DecodeError(f"not valid br data: {exc}") from None
         else:

@@ -1,4 +1,5 @@
-"""The OpenAPI description of the HTTP API, served at /openapi.json, with the event schema embedded from its one file."""
+"""The OpenAPI description of the HTTP API, served at /openapi.json, with the event schema embedded from its one
+file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from importlib import resources
 from typing import Any
 
 from ..contract.events import SCHEMA
-
 
 DEFINITION_PREFIX = "Event."  # the event schema's definitions, as components: #/definitions/x -> Event.x
 

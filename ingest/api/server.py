@@ -25,8 +25,7 @@ HTTP_SHUTDOWN_SECONDS = 5.0
 def check_internals() -> list[str]:
     """What this module needs of aiohttp and the installed release lacks (empty when all is there)."""
     missing = []
-    site = web.BaseSite.__new__(web.BaseSite)
-    web.BaseSite.__init__(site, web.AppRunner(web.Application()), backlog=LISTEN_BACKLOG)
+    site = web.SockSite(web.AppRunner(web.Application()), socket.socket(), backlog=LISTEN_BACKLOG)
     for name in ("_runner", "_server", "_backlog"):
         if not hasattr(site, name):
             missing.append(f"aiohttp.web.BaseSite.{name}")
@@ -64,7 +63,9 @@ class TrackedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        factory = self._connections.protocol_factory(self._runner.server)
+        server = self._runner.server
+        assert server is not None, "the runner is set up before its sites start"
+        factory = self._connections.protocol_factory(server)
         if self._sock is not None:  # bound before start-up, so a busy port failed first
             self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
         else:

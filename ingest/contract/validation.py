@@ -11,8 +11,17 @@ import jsonschema
 import jsonschema_rs
 import orjson
 
-from .events import (MAX_AGE, MAX_FUTURE, MAX_PROPERTIES_BYTES, MAX_PROPERTIES_NESTING, SCHEMA, UNKNOWN_COUNTRY,
-                     FieldError, Row, parse_timestamp)
+from .events import (
+    MAX_AGE,
+    MAX_FUTURE,
+    MAX_PROPERTIES_BYTES,
+    MAX_PROPERTIES_NESTING,
+    SCHEMA,
+    UNKNOWN_COUNTRY,
+    FieldError,
+    Row,
+    parse_timestamp,
+)
 
 
 class EventValidator:
@@ -33,10 +42,14 @@ class EventValidator:
     def errors(self, event: Any) -> list[FieldError]:
         """Every schema error of one event, each with its JSON Pointer path; [] when valid."""
         found = []
+        # jsonschema reports each missing property as its own `required` error, in the order of the schema's list:
+        # the n-th error of an object is about the n-th property it lacks.
+        missing: dict[tuple, list[str]] = {}
         for err in sorted(self._detailed.iter_errors(event), key=lambda e: list(map(str, e.absolute_path))):
             path = list(err.absolute_path)
             if err.validator == "required":  # point at the missing field, not at the object that lacks it
-                path.append(_missing(err))
+                names = missing.setdefault(tuple(path), _missing(err))
+                path.append(names.pop(0) if names else "")
             found.append(FieldError(_pointer(path), _message(err)))
         return found
 
@@ -153,41 +166,46 @@ _NAME_WORDS = ("must start with a letter or _ and contain only letters, digits, 
                "e.g. plan_name")
 
 
-def _missing(err: jsonschema.ValidationError) -> str:
-    """The name of the property a `required` error is about."""
-    present = err.instance if isinstance(err.instance, dict) else {}
-    return next((name for name in err.validator_value if name not in present), "")
+def _missing(err: jsonschema.ValidationError) -> list[str]:
+    """The properties a `required` error's object lacks, in the schema's order."""
+    instance: Any = err.instance
+    required: Any = err.validator_value
+    present = instance if isinstance(instance, dict) else {}
+    return [name for name in required if name not in present]
 
 
 def _message(err: jsonschema.ValidationError) -> str:
     """What is wrong, in words (with an example where it helps), without echoing a huge value back."""
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = set(err.schema.get("properties", {}))
-        extra = sorted(k for k in err.instance if k not in allowed)
+    instance: Any = err.instance  # typed as possibly unset by the stubs; always set on a reported error
+    value: Any = err.validator_value
+    schema: Any = err.schema
+    if err.validator == "additionalProperties" and isinstance(instance, dict):
+        allowed = set(schema.get("properties", {}))
+        extra = sorted(k for k in instance if k not in allowed)
         known = ", ".join(sorted(allowed))
         return f"unknown field(s): {', '.join(map(repr, extra))[:300]}; an event has only {known}"
     if "propertyNames" in err.schema_path:
-        return f"property name {str(err.instance)[:80]!r} {_NAME_WORDS}"
+        return f"property name {str(instance)[:80]!r} {_NAME_WORDS}"
     if err.validator == "required":
         return "is required"
     if err.validator == "enum":
-        return f"must be one of {', '.join(map(str, err.validator_value))}, got {str(err.instance)[:80]!r}"
+        return f"must be one of {', '.join(map(str, value))}, got {str(instance)[:80]!r}"
     if err.validator == "pattern":
-        return _PATTERN_WORDS.get(err.validator_value, f"has the wrong format (expected {err.validator_value})")
-    if err.validator == "type" and isinstance(err.instance, (dict, list)) and "object" not in err.validator_value \
+        return _PATTERN_WORDS.get(value, f"has the wrong format (expected {value})")
+    if err.validator == "type" and isinstance(instance, (dict, list)) and "object" not in value \
             and err.absolute_path and err.absolute_path[0] == "properties":
         return (f"nested too deep: objects and arrays nest at most {MAX_PROPERTIES_NESTING} levels inside "
                 "properties; below that only strings, numbers, booleans and null")
     if err.validator == "type":
-        expected = err.validator_value
+        expected = value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"must be {expected}, got {_json_type(err.instance)}"
+        return f"must be {expected}, got {_json_type(instance)}"
     if err.validator == "maxLength":
-        return f"too long: {len(err.instance):,} characters, at most {err.validator_value}"
+        return f"too long: {len(instance):,} characters, at most {value}"
     if err.validator == "minLength":
-        return "must not be empty" if err.validator_value == 1 else f"shorter than {err.validator_value} characters"
+        return "must not be empty" if value == 1 else f"shorter than {value} characters"
     if err.validator == "maxProperties":
-        return f"too many properties: {len(err.instance)}, at most {err.validator_value}"
+        return f"too many properties: {len(instance)}, at most {value}"
     return err.message[:300]
 
 

@@ -37,7 +37,7 @@ class DeadLetterFile:
         at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         lines = []
         for row, reason in refused:
-            fields = dict(zip(COLUMNS, row))
+            fields = dict(zip(COLUMNS, row, strict=True))
             fields["timestamp"] = datetime.fromtimestamp(row[1] / 1000, timezone.utc).isoformat(
                 timespec="milliseconds")
             lines.append(orjson.dumps({"at": at, "reason": reason[:1000], "event": fields}) + b"\n")

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import orjson
 
@@ -73,9 +73,9 @@ class IdempotencyKeys:
         self._answering: set[bytes] = set()
         self._common: dict[bytes, bytes] = {}
         self._lock = threading.Lock()  # the key files: appended on the event loop, synced by the flush thread
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_hour: int | None = None
-        self._dirty: list = []  # open files written since their last sync
+        self._dirty: list[BinaryIO] = []  # open files written since their last sync
 
     def __len__(self) -> int:
         return len(self._known)
@@ -173,9 +173,11 @@ class IdempotencyKeys:
             self._file = open(self.directory / f"keys-{hour}.jsonl", "ab")
             self._file_hour = hour
             self._delete_expired_files()
-        self._file.write(orjson.dumps(record) + b"\n")
-        if self._file not in self._dirty:
-            self._dirty.append(self._file)
+        file = self._file
+        assert file is not None
+        file.write(orjson.dumps(record) + b"\n")
+        if file not in self._dirty:
+            self._dirty.append(file)
 
     def _delete_expired_files(self) -> None:
         assert self.directory is not None

@@ -158,7 +158,7 @@ class Pipeline:
         batch.attempts += 1
         if batch.attempts == 1:
             batch.started_at = time.time()
-            if self.wal is not None and batch.first_lsn is not None:
+            if self.wal is not None and batch.first_lsn is not None and batch.last_lsn is not None:
                 batch.token = self.wal.token(batch.first_lsn, batch.last_lsn)
         started = time.perf_counter()
         try:
@@ -219,7 +219,7 @@ class Pipeline:
         a restart of the engine that is not enough (its record of a token may stand for a part that never reached
         the disk): then _verify looks for the rows instead.
         """
-        if self.wal is not None and batch.first_lsn is not None:
+        if self.wal is not None and batch.first_lsn is not None and batch.last_lsn is not None:
             self.wal.begin(batch.first_lsn, batch.last_lsn)
         if not batch.verify and batch.attempts > 1 and self.sink.restarted_since(batch.started_at):
             batch.verify = True

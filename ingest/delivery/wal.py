@@ -183,7 +183,7 @@ class WriteAheadLog:
             group, self._pending = self._pending, []
             lsns = range(self._next_lsn, self._next_lsn + len(group))
             self._next_lsn += len(group)
-            data = b"".join(encode(lsn, rows, key) for lsn, (rows, key, _, _, _) in zip(lsns, group))
+            data = b"".join(encode(lsn, rows, key) for lsn, (rows, key, _, _, _) in zip(lsns, group, strict=True))
             try:
                 await asyncio.to_thread(self._write, data, lsns[-1])
             except Exception as exc:  # noqa: BLE001 - every waiting request learns it was not accepted
@@ -194,7 +194,7 @@ class WriteAheadLog:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for lsn, (_, _, on_durable, _, future) in zip(lsns, group):
+            for lsn, (_, _, on_durable, _, future) in zip(lsns, group, strict=True):
                 on_durable(lsn)
                 if not future.done():
                     future.set_result(lsn)
@@ -204,7 +204,8 @@ class WriteAheadLog:
             if self._active_fd is None:
                 self._open_segment()  # the last one was abandoned after a failed write, or deleted once stored
             self._writing = True
-            fd = self._active_fd
+            fd, segment = self._active_fd, self._active
+            assert fd is not None and segment is not None
         try:
             view = memoryview(data)
             while view:  # os.write may write less than asked
@@ -218,7 +219,7 @@ class WriteAheadLog:
         with self._segments_lock:
             self._writing = False
             self._active_size += len(data)
-            self._segments[self._active] = last_lsn
+            self._segments[segment] = last_lsn
             if self._active_size >= self.segment_bytes:
                 self._open_segment()
 
@@ -229,6 +230,7 @@ class WriteAheadLog:
         acknowledged records), and a written-but-not-synced one would be replayed though it was refused.
         """
         fd, self._active_fd = self._active_fd, None
+        assert fd is not None and self._active is not None
         try:
             os.ftruncate(fd, self._active_size)
             os.fsync(fd)

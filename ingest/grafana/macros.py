@@ -1,4 +1,5 @@
-"""Grafana ClickHouse plugin macros, expanded as the pinned plugin's backend expands them, so panel SQL runs without Grafana.
+"""Grafana ClickHouse plugin macros, expanded as the pinned plugin's backend expands them, so panel SQL runs without
+Grafana.
 
 Pinned to grafana-clickhouse-datasource 4.20.0; grafana/VERSIONS.md says which source was read. That version
 expands macros with grafana/macropro v1.0.1 (`pkg/macros/macros.go`: `macropro.Interpolate` over the plugin's
@@ -73,7 +74,7 @@ def go_trim_space(s: str) -> str:
 
 def _time_quote(s: str) -> str:
     """time's own quote(): non-ASCII and control characters as \\x bytes."""
-    out = []
+    out: list[str] = []
     for c in s:
         if ord(c) >= 0x80 or c < " ":
             out.extend(f"\\x{b:02x}" for b in c.encode())

@@ -112,7 +112,7 @@ def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str
         if spec.get("type") == "adhoc":
             raise VariableError(f"ad hoc filter variable ${spec['name']}: Grafana adds its filters to every query; "
                                 "the panels command does not emulate that")
-        options = loaded.get(spec["name"]) if spec["name"] in loaded else \
+        options = loaded[spec["name"]] if spec["name"] in loaded else \
             tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
         found[spec["name"]] = Variable(spec["name"], _values(spec.get("current", {}).get("value", "")), options,
                                        spec.get("allValue") or None)

@@ -61,6 +61,8 @@ def defined_rollups() -> tuple[Rollup, ...]:
         columns_text, engine, rest = tables[target]
         columns = re.findall(r"^\s*(\w+)\s+(\S.*?),?\s*$", columns_text, re.M)
         order = re.search(r"ORDER BY\s*(?:\(([^)]*)\)|(\w+))", rest)
+        if order is None:
+            raise ValueError(f"rollup table {target} has no ORDER BY: its key columns are the rollup's keys")
         keys = tuple(k.strip() for k in (order.group(1) or order.group(2)).split(","))
         values = tuple(c for c, _ in columns if c not in keys)
         additive = engine == "SummingMergeTree"
@@ -82,7 +84,7 @@ def rebuild(client: Client) -> dict[str, int]:
         client.command(f"TRUNCATE TABLE {rollup.target}")
         # insert_deduplicate=0: equal blocks of one INSERT ... SELECT are data here, not a retry to drop.
         client.command(f"INSERT INTO {rollup.target} {rollup.select}", settings={"insert_deduplicate": 0})
-        counts[rollup.target] = int(client.command(f"SELECT count() FROM {rollup.target}"))
+        counts[rollup.target] = int(str(client.command(f"SELECT count() FROM {rollup.target}")))
     return counts
 
 

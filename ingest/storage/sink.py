@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import clickhouse_connect
 import orjson
@@ -67,7 +67,7 @@ def encode_columns(rows: list[Row]) -> bytes:
     Timestamps travel as seconds with three decimals: the engine reads an integer into DateTime64(3) as seconds,
     and repr of ms / 1000 is exactly those digits (a double's shortest round-trip form of a 13-digit decimal).
     """
-    columns = list(zip(*rows))
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
     columns[1] = [ms / 1000 for ms in columns[1]]
     return orjson.dumps(columns)
 
@@ -182,7 +182,7 @@ class Sink:
             return False
         with self._lock:
             try:
-                uptime = int(self._connect().command("SELECT uptime()"))
+                uptime = int(str(self._connect().command("SELECT uptime()")))
             except Exception:  # noqa: BLE001 - the insert that follows meets the same failure and reports it
                 return False
         # A second of margin for the whole-second uptime: a restart takes longer than that.
@@ -196,7 +196,7 @@ class Sink:
     def rows(self, sql: str) -> list[tuple]:
         """A query's rows, on the inserting client (what the ingest user may read; see query() for dashboards)."""
         with self._lock:
-            return self._connect().query(sql).result_rows
+            return [tuple(row) for row in self._connect().query(sql).result_rows]
 
     def ping(self, wait: float = 1.0) -> bool:
         """True if ClickHouse answers a trivial query.
@@ -225,7 +225,7 @@ class Sink:
             if self._reader is None:
                 self._reader = self._client_for(self.database)
             result = self._reader.query(sql, settings={"readonly": 1})
-            return list(result.column_names), result.result_rows
+            return list(result.column_names), [tuple(row) for row in result.result_rows]
 
     def _drop_client(self) -> None:
         if self._client is not None:

@@ -1,9 +1,9 @@
 """`python -m ingest panels`: the product dashboard in a terminal — Grafana's panel SQL, expanded and run here.
 
 The SQL is read from the dashboard JSON (the one place it lives), its template variables substituted as Grafana's
-frontend does (ingest/grafana/variables.py: the saved selection, or --var) and its macros expanded as the plugin's backend
-does (ingest/grafana/macros.py), so what this prints is what Grafana's panels show for the same range and selection; the
-frame says which variables it substituted.
+frontend does (ingest/grafana/variables.py: the saved selection, or --var) and its macros expanded as the plugin's
+backend does (ingest/grafana/macros.py), so what this prints is what Grafana's panels show for the same range and
+selection; the frame says which variables it substituted.
 Where it runs: on a ClickHouse server directly; on the embedded engine directly, or, while a service holds that
 data directory (one process per directory), through the service's `GET /panels`, which runs the same SQL.
 """
@@ -21,8 +21,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..grafana.dashboard import (DashboardError, PanelResult, load_dashboard, load_options, query_range,
-                        results_from_json, run_panels)
+from ..grafana.dashboard import (
+    DashboardError,
+    PanelResult,
+    load_dashboard,
+    load_options,
+    query_range,
+    results_from_json,
+    run_panels,
+)
 from ..grafana.macros import QueryRange
 from ..grafana.variables import Variable, VariableError, dashboard_variables, describe
 
@@ -70,7 +77,7 @@ class Direct:
     def frame(self, range_name: str) -> Frame:
         def run(sql: str) -> tuple[list[str], list[tuple]]:
             result = self.client.query(sql, settings={"readonly": 1})
-            return list(result.column_names), result.result_rows
+            return list(result.column_names), [tuple(row) for row in result.result_rows]
 
         qrange = query_range(range_name)
         if not self.loaded:  # query variables' options, loaded once, as Grafana does when it opens the dashboard
@@ -241,14 +248,15 @@ def _top_features(r: PanelResult) -> list[str]:
     cells = [f"{i:>2}. {str(row[0])[:16]:<16} {_num(row[1]):>7} {'█' * max(1, round(row[1] / top * 8)):<8}"
              for i, row in enumerate(r.rows, 1)]
     half = math.ceil(len(cells) / 2)
-    for left, right in zip(cells[:half], cells[half:] + [""]):
+    for left, right in zip(cells[:half], cells[half:] + [""], strict=False):  # an odd count: the last stands alone
         lines.append(f"  {left}  {right}".rstrip())
     return lines
 
 
 def _error_rate(r: PanelResult) -> list[str]:
     times, values = [row[0] for row in r.rows], [row[1] for row in r.rows]
-    known = [(t, v) for t, v in zip(times, values) if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    known = [(t, v) for t, v in zip(times, values, strict=True)
+             if v is not None and not (isinstance(v, float) and math.isnan(v))]
     last = known[-1][1] if known else None
     above = sum(1 for _, v in known if v > 1)
     worst = max(known, key=lambda tv: tv[1]) if known else None
@@ -273,7 +281,8 @@ def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
             break
     lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
     if len(lines) > height:
-        lines = lines[:height - 1] + [f"… {len(lines) - height + 1} more lines not shown (a taller terminal shows them)"]
+        cut = len(lines) - height + 1
+        lines = lines[:height - 1] + [f"… {cut} more lines not shown (a taller terminal shows them)"]
     return "\n".join(lines)
 
 

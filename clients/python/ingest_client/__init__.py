@@ -10,8 +10,9 @@ Standard library only (urllib): it needs neither aiohttp nor the service's other
 once: each batch goes with an Idempotency-Key of its own, and a 503/429/409 (after Retry-After), a 5xx or a network
 error resends the same bytes with the same key, with backoff (the service stores a batch it had already taken only
 once), until it lands, `max_attempts` is reached or `close()` gives up; a batch the service refuses whole (other
-4xx) is dropped and logged, as are the events it refuses one by one. While the service is down the queue is bounded: beyond
-`max_queue` waiting events the oldest are dropped and counted (`stats.dropped`). docs/api.md "Send events".
+4xx) is dropped and logged, as are the events it refuses one by one. While the service is down the queue is
+bounded: beyond `max_queue` waiting events the oldest are dropped and counted (`stats.dropped`). docs/api.md
+"Send events".
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 # The closed list of event names: written into _contract.py from the service's event schema when this distribution
 # is built (hatch_build.py), so the client reads no file and needs no schema beside it.
 from ._contract import EVENT_NAMES  # noqa: E402
+
 MAX_BATCH = 500  # the service's limit per request
 MAX_RETRY_AFTER = 300.0  # a Retry-After beyond this is read as this
 
