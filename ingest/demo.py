@@ -10,9 +10,12 @@ from bisect import bisect
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ingest_client import MAX_BATCH, Client, Stats  # MAX_BATCH: the service's per-request limit
+from .contract.events import MAX_EVENTS_PER_REQUEST as MAX_BATCH
+
+if TYPE_CHECKING:
+    from ingest_client import Stats
 
 # Feature names in popularity order: rank k is used with weight 1/k**ZIPF_EXPONENT.
 FEATURES = (
@@ -235,6 +238,8 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
     # Events waiting or in flight at most: beyond, the generator waits (a slow service slows it down, and the
     # client's queue, twice as large, never has to drop any).
     window = concurrency * batch_max
+    from ingest_client import Client  # the demo is a user of the service like any other: it sends through the client
+
     client = Client(url, batch_size=batch_max, flush_interval=tick, max_queue=2 * window, threads=concurrency,
                     timeout=30, max_backoff=10, max_attempts=max_attempts, exit_timeout=0)
     events_url = client.url

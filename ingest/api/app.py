@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from ..config import Settings
-from ..contract.events import SCHEMA_TEXT, country_from_header
+from ..contract.events import MAX_EVENTS_PER_REQUEST, SCHEMA_TEXT, country_from_header
 from ..contract.validation import EventValidator
 from ..delivery.buffer import Buffer, BufferFull
 from ..delivery.deadletter import DeadLetterFile
@@ -39,7 +39,6 @@ from .server import client_gone, close_after_answer
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS_PER_REQUEST = 500
 _ACCEPTED_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -24,11 +24,19 @@ HTTP_SHUTDOWN_SECONDS = 5.0
 
 def check_internals() -> list[str]:
     """What this module needs of aiohttp and the installed release lacks (empty when all is there)."""
-    missing = []
-    site = web.SockSite(web.AppRunner(web.Application()), socket.socket(), backlog=LISTEN_BACKLOG)
-    for name in ("_runner", "_server", "_backlog"):
-        if not hasattr(site, name):
-            missing.append(f"aiohttp.web.BaseSite.{name}")
+
+    async def site_attributes() -> list[str]:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        try:
+            with socket.socket() as sock:
+                site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
+                return [f"aiohttp.web.BaseSite.{name}" for name in ("_runner", "_server", "_backlog")
+                        if not hasattr(site, name)]
+        finally:
+            await runner.cleanup()
+
+    missing = asyncio.run(site_attributes())
     if not hasattr(web.AppRunner, "server"):
         missing.append("aiohttp.web.AppRunner.server")
     for name in ("connected", "force_close"):

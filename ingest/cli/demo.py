@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import signal
 import sys
 
@@ -73,6 +74,10 @@ def _reachable(url: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run until the duration ends or Ctrl-C, print the report; 0 if every event was delivered."""
+    if importlib.util.find_spec("ingest_client") is None:
+        print("ingest demo: the demo sends through the Python client, which is not installed: "
+              "pip install ./clients/python", file=sys.stderr)
+        return 1
     problem = _reachable(args.url)
     if problem:
         print(f"ingest demo: {problem}", file=sys.stderr)

@@ -17,6 +17,9 @@ SCHEMA: dict[str, Any] = json.loads(SCHEMA_TEXT)
 # The closed list of event names (a new one is added to the schema's enum: docs/api.md).
 EVENT_NAMES: tuple[str, ...] = tuple(SCHEMA["properties"]["event_name"]["enum"])
 
+# Events in one POST /events, at most (the API's limit; the clients batch up to it).
+MAX_EVENTS_PER_REQUEST = 500
+
 # Rows older than the table's TTL would be deleted at the next merge, and a batch must never span
 # more partitions than ClickHouse accepts in one insert (monthly partitions: at most 5 here).
 MAX_AGE = timedelta(days=90)
