@@ -225,8 +225,8 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
               stop: asyncio.Event | None = None, progress=None) -> Report:
     """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set.
 
-    The events go through ingest.client: `concurrency` sender threads, batches of up to `batch_max`, each resent
-    after a 503/429 (Retry-After) or a network error, up to `max_attempts` times.
+    The events go through ingest_client (clients/python): `concurrency` sender threads, batches of up to
+    `batch_max`, each resent after a 503/429 (Retry-After) or a network error, up to `max_attempts` times.
     """
     if not 0 < batch_max <= MAX_BATCH:
         raise ValueError(f"batch size must be 1..{MAX_BATCH}")
