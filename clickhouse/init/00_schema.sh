@@ -1,6 +1,7 @@
 #!/bin/bash
-# Run by the ClickHouse image on first boot (/docker-entrypoint-initdb.d, only while the data volume
-# is empty), against the image's temporary init server, which listens on 127.0.0.1 only. The
+# Run by the ClickHouse image at every start of its container (/docker-entrypoint-initdb.d, and
+# CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS=1 in docker-compose.yml: without it only while the data volume is
+# empty), against the image's temporary init server, which listens on 127.0.0.1 only. The
 # numbered DDL in sql/ is written without a database name so the same files serve the embedded
 # engine, where the ingest service applies them to CLICKHOUSE_DATABASE; here they go into
 # $CLICKHOUSE_DB.

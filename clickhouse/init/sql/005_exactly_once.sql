@@ -15,7 +15,7 @@ SELECT * FROM events WHERE insert_token = {token:String};
 
 -- An insert returns only once its parts are on disk (fsynced, their directories too): the service deletes a batch
 -- from its write-ahead log when the insert returns, so a power cut must not take the parts with it. Every table an
--- insert writes: the events and each rollup its views fill. Cost: docs/performance.md ("Durable parts").
+-- insert writes: the events and each rollup its views fill. Cost: docs/performance.md ("Exactly once and durable parts").
 ALTER TABLE events MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
 ALTER TABLE events_per_minute MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
 ALTER TABLE active_sessions_5m MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
