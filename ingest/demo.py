@@ -1,4 +1,5 @@
-"""Demo traffic: realistic product events (sessions, signup funnel, Zipf features, errors) POSTed at a steady rate."""
+"""Demo traffic: realistic product events (sessions, the signup funnel with email verification, Zipf features,
+errors) POSTed at a steady rate; optionally an error spike or a verification incident, to watch on the dashboard."""
 
 from __future__ import annotations
 
@@ -40,7 +41,15 @@ _ERRORS = (("TypeError", "undefined is not a function"), ("NetworkError", "reque
 # Funnel drop-off for anonymous visitors: the chance to go on to the next step.
 P_CLICK = 0.45        # page_view -> button_click (the signup call to action)
 P_START = 0.55        # button_click -> signup_started
-P_COMPLETE = 0.6      # signup_started -> signup_completed
+P_VERIFY = 0.8        # signup_started -> email_verified (the link in the verification email was followed)
+P_COMPLETE = 0.75     # email_verified -> signup_completed
+# The verification rate of the incident's domain while it lasts: most of its verification emails go to spam.
+INCIDENT_VERIFY = 0.1
+# The domains of the addresses visitors sign up with (the founding scene's breakdown: properties.email_domain).
+_EMAIL_DOMAINS = (("gmail.com", 45), ("outlook.com", 12), ("yahoo.com", 8), ("icloud.com", 6), ("hotmail.com", 5),
+                  ("proton.me", 3), ("gmx.de", 3), ("web.de", 2), ("acme.io", 2), ("example.org", 2),
+                  ("fastmail.com", 1), ("hey.com", 1), ("aol.com", 1), ("mail.ru", 1), ("yandex.ru", 1))
+_EMAIL_DOMAIN_CUM = list(accumulate(w for _, w in _EMAIL_DOMAINS))
 ANONYMOUS_SHARE = 0.6  # sessions that start without a user_id
 BASE_ERROR_RATE = 0.005
 SPIKE_ERROR_RATE = 0.08
@@ -66,8 +75,11 @@ class Session:
     steps: list[tuple[str, dict[str, Any], str | None]]  # (event_name, properties, user_id from then on)
 
 
-def plan_session(rng: random.Random) -> Session:
-    """A visit's whole script: anonymous visitors walk the signup funnel with drop-off, known users use features."""
+def plan_session(rng: random.Random, failing_domain: str | None = None) -> Session:
+    """A visit's whole script: anonymous visitors walk the signup funnel with drop-off, known users use features.
+
+    While `failing_domain` is set (a verification incident), sign-ups with an address there rarely get verified.
+    """
     session_id = f"s-{rng.getrandbits(64):016x}"
     anonymous = rng.random() < ANONYMOUS_SHARE
     user_id = None if anonymous else f"u-{rng.randrange(1, 20000)}"
@@ -78,14 +90,19 @@ def plan_session(rng: random.Random) -> Session:
         if rng.random() < P_CLICK:
             steps.append(("button_click", {"button": "signup_cta"}, None))
             if rng.random() < P_START:
-                steps.append(("signup_started", {"plan": rng.choice(("free", "free", "pro", "team"))}, None))
-                if rng.random() < P_COMPLETE:
-                    # The visitor has an account from here on: later events carry the new user_id.
-                    user_id = f"u-{rng.randrange(20000, 10**9)}"
-                    steps.append(("signup_completed", {"method": rng.choice(("email", "google", "github"))},
-                                  user_id))
-                    for _ in range(rng.randrange(0, 3)):
-                        steps.append(("feature_used", {"feature": feature(rng)}, user_id))
+                domain = _pick(rng, _EMAIL_DOMAINS, _EMAIL_DOMAIN_CUM)
+                steps.append(("signup_started", {"plan": rng.choice(("free", "free", "pro", "team")),
+                                                 "email_domain": domain}, None))
+                verify = INCIDENT_VERIFY if domain == failing_domain else P_VERIFY
+                if rng.random() < verify:
+                    steps.append(("email_verified", {"email_domain": domain}, None))
+                    if rng.random() < P_COMPLETE:
+                        # The visitor has an account from here on: later events carry the new user_id.
+                        user_id = f"u-{rng.randrange(20000, 10**9)}"
+                        steps.append(("signup_completed", {"method": rng.choice(("email", "google", "github"))},
+                                      user_id))
+                        for _ in range(rng.randrange(0, 3)):
+                            steps.append(("feature_used", {"feature": feature(rng)}, user_id))
     else:
         for _ in range(1 + min(int(rng.expovariate(0.35)), 15)):
             if rng.random() < 0.25:
@@ -121,6 +138,36 @@ class ErrorSpike:
         return cls(start, duration, rate)
 
 
+@dataclass
+class VerificationIncident:
+    """From `start` seconds into the run, for `duration` seconds, sign-ups with an address at `domain` mostly stop
+    at email verification (its emails land in spam); then they recover. The founding scene (docs/dashboards.md)."""
+
+    start: float
+    duration: float
+    domain: str = "gmail.com"
+
+    @classmethod
+    def parse(cls, text: str) -> "VerificationIncident":
+        """START:DURATION[:DOMAIN], e.g. 300:600 or 300:600:outlook.com."""
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, duration = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected START:DURATION[:DOMAIN] in seconds, e.g. 300:600 "
+                                             "or 300:600:outlook.com") from None
+        domain = parts[2] if len(parts) == 3 else cls.domain
+        if start < 0 or duration <= 0 or not domain:
+            raise argparse.ArgumentTypeError(f"{text!r}: START >= 0, DURATION > 0 and a DOMAIN")
+        return cls(start, duration, domain)
+
+    def failing_domain(self, elapsed: float) -> str | None:
+        """The domain whose verification fails at this point of the run, if the incident is on."""
+        return self.domain if self.start <= elapsed < self.start + self.duration else None
+
+
 def error_rate_at(elapsed: float, spike: ErrorSpike | None, base: float = BASE_ERROR_RATE) -> float:
     """The share of error_occurred events at this point of the run."""
     if spike is not None and spike.start <= elapsed < spike.start + spike.duration:
@@ -141,8 +188,10 @@ class Traffic:
         self._sessions = [plan_session(rng) for _ in range(concurrent_sessions)]
         self._cursor = [0] * concurrent_sessions
 
-    def events(self, n: int, timestamp: str, error_rate: float = BASE_ERROR_RATE) -> list[dict[str, Any]]:
-        """The next n events, all stamped `timestamp`; each is an error with probability error_rate."""
+    def events(self, n: int, timestamp: str, error_rate: float = BASE_ERROR_RATE,
+               failing_domain: str | None = None) -> list[dict[str, Any]]:
+        """The next n events, all stamped `timestamp`; each is an error with probability error_rate. Visits that
+        begin now plan their sign-up with `failing_domain`'s verification failing (see VerificationIncident)."""
         rng, sessions, cursor = self.rng, self._sessions, self._cursor
         out = []
         for _ in range(n):
@@ -157,7 +206,7 @@ class Traffic:
                 s.user_id = user_id
                 cursor[slot] += 1
                 if cursor[slot] == len(s.steps):  # visit over: a new one takes its place
-                    sessions[slot], cursor[slot] = plan_session(rng), 0
+                    sessions[slot], cursor[slot] = plan_session(rng, failing_domain), 0
             out.append({"event_name": name, "timestamp": timestamp, "session_id": s.session_id,
                         "user_id": user_id, "device_type": s.device_type, "country_code": s.country_code,
                         "properties": props})
@@ -222,7 +271,8 @@ def _tally(report: Report, stats: Stats, url: str, max_attempts: int) -> None:
 async def run(url: str, rate: float, duration: float | None = None, spike: ErrorSpike | None = None,
               seed: int | None = None, batch_max: int = MAX_BATCH, concurrency: int = 16,
               max_attempts: int = 8, drain_seconds: float = 30.0,
-              stop: asyncio.Event | None = None, progress=None) -> Report:
+              stop: asyncio.Event | None = None, progress=None,
+              incident: VerificationIncident | None = None) -> Report:
     """Send `rate` events/s to `url` (the service's base URL) for `duration` seconds, or until `stop` is set.
 
     The events go through ingest_client (clients/python): `concurrency` sender threads, batches of up to
@@ -254,7 +304,8 @@ async def run(url: str, rate: float, duration: float | None = None, spike: Error
                 while client.pending >= window and not stop.is_set():  # back-pressure
                     await asyncio.sleep(0.005)
                     _tally(report, client.stats, events_url, max_attempts)
-                batch = traffic.events(min(due, batch_max), stamp, error_rate)
+                failing = incident.failing_domain(elapsed) if incident is not None else None
+                batch = traffic.events(min(due, batch_max), stamp, error_rate, failing)
                 due -= len(batch)
                 report.sent += len(batch)
                 report.errors_sent += sum(e["event_name"] == "error_occurred" for e in batch)

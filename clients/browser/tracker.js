@@ -15,7 +15,8 @@
   var w = window, d = document, nav = navigator;
   if (w.ingest && w.ingest.loaded) return; // included twice: the first copy does the work
 
-  var EVENTS = ["page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"];
+  var EVENTS = ["page_view", "button_click", "signup_started", "email_verified", "signup_completed", "feature_used",
+                "error_occurred"];
   var MAX_BATCH = 500;               // the service's limit per request
   var MAX_BYTES = 60000;             // browsers allow 64 KiB of beacons and keepalive bodies in flight
   var FLUSH_MS = 3000;               // a partial batch waits at most this long

@@ -26,8 +26,14 @@ class ContractHook(BuildHookInterface):
                 '(hatch_build.py)."""\n\n'
                 f"EVENT_NAMES: tuple[str, ...] = {names!r}\n")
         if version == "editable":
-            # An editable install imports the package from the source tree: the module goes there (git ignores it).
-            (Path(self.root) / "ingest_client" / "_contract.py").write_text(text)
+            # An editable install imports the package from the source tree: the module goes there (git ignores it),
+            # and reads the checkout's schema when imported, so an edit of the contract never leaves it stale.
+            (Path(self.root) / "ingest_client" / "_contract.py").write_text(
+                '"""Written for an editable install (hatch_build.py): the event names of the schema in this '
+                'checkout."""\n\nimport json\nfrom pathlib import Path\n\n'
+                '_SCHEMA = Path(__file__).resolve().parents[3] / "ingest" / "contract" / "event.schema.json"\n'
+                'EVENT_NAMES: tuple[str, ...] = tuple(json.loads(_SCHEMA.read_text())["properties"]["event_name"]'
+                '["enum"])\n')
             return
         generated = Path(self.directory) / "_contract.py"
         generated.parent.mkdir(parents=True, exist_ok=True)

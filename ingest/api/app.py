@@ -25,8 +25,9 @@ from ..delivery.deadletter import DeadLetterFile
 from ..delivery.idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id, key_problem
 from ..delivery.pipeline import Pipeline, WalError
 from ..delivery.wal import WriteAheadLog
-from ..grafana.dashboard import RANGES, load_dashboard, load_options, query_range, results_to_json, run_panels
-from ..grafana.variables import VariableError, chosen_values, dashboard_variables, describe
+from ..grafana.alerting import evaluate_all
+from ..grafana.dashboard import RANGES, load_dashboard, query_range, results_to_json, run_panels, variables_for
+from ..grafana.variables import VariableError, chosen_values, describe
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..shipped import shipped_file
 from ..storage.failures import FAILURE_HINTS
@@ -297,12 +298,12 @@ async def get_panels(request: web.Request) -> web.Response:
     try:
         chosen = chosen_values(request.query.getall("var", []))
         # Query variables load their options from ClickHouse, as Grafana does when it opens the dashboard.
-        loaded = await asyncio.to_thread(load_options, dashboard, qrange, sink.query)
-        variables = dashboard_variables(dashboard, chosen, loaded)
+        variables = await asyncio.to_thread(variables_for, dashboard, qrange, sink.query, chosen)
     except VariableError as exc:
         return _error(400, "bad_variable", str(exc)[:500])
     results = await asyncio.to_thread(run_panels, dashboard, qrange, sink.query, variables)
-    return _json({**results_to_json(results, qrange, describe(variables)),
+    alerts = await asyncio.to_thread(evaluate_all, sink.query, qrange.end)
+    return _json({**results_to_json(results, qrange, describe(variables), [a.as_json() for a in alerts]),
                   "storage": request.app[SETTINGS].storage_owner})
 
 

@@ -9,7 +9,16 @@ import signal
 import sys
 
 from .. import demo as traffic
-from ..demo import BASE_ERROR_RATE, MAX_BATCH, SPIKE_ERROR_RATE, ErrorSpike, Report
+from ..demo import (
+    BASE_ERROR_RATE,
+    INCIDENT_VERIFY,
+    MAX_BATCH,
+    P_VERIFY,
+    SPIKE_ERROR_RATE,
+    ErrorSpike,
+    Report,
+    VerificationIncident,
+)
 
 
 def _number(kind, low: float, high: float | None = None):
@@ -50,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--error-spike", type=ErrorSpike.parse, default=None, metavar="START:DURATION[:RATE]",
                         help=f"errors at RATE (default {SPIKE_ERROR_RATE}) instead of {BASE_ERROR_RATE} from "
                              "second START for DURATION seconds, e.g. 30:60")
+    parser.add_argument("--verification-incident", type=VerificationIncident.parse, default=None,
+                        metavar="START:DURATION[:DOMAIN]",
+                        help="from second START for DURATION seconds, most sign-ups with an address at DOMAIN "
+                             f"(default gmail.com) stop at email verification ({INCIDENT_VERIFY:.0%} verified instead "
+                             f"of {P_VERIFY:.0%}), then recover: the founding scene, e.g. 300:600")
     parser.add_argument("--batch", type=_number(int, 1, MAX_BATCH), default=MAX_BATCH,
                         help=f"most events per request (1..{MAX_BATCH})")
     parser.add_argument("--concurrency", type=_number(int, 1, 1000), default=16, help="most requests in flight")

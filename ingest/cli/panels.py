@@ -12,6 +12,9 @@ from ..errors import StartupError
 def add_arguments(panels: argparse.ArgumentParser) -> None:
     panels.add_argument("--range", choices=["1h", "6h", "24h"], default="1h", help="time range ending now")
     panels.add_argument("--watch", action="store_true", help="refresh every 5 s, like the dashboard")
+    panels.add_argument("--json", action="store_true",
+                        help="print one JSON document (status, panels' frames, alert rules' states) instead of text; "
+                             "with --watch, one per refresh, a line each")
     panels.add_argument("--dashboard", help="dashboard JSON to read (default: the product dashboard, "
                                             "grafana/dashboards/product-analytics.json)")
     panels.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentP
             parser.error(f"{flag} takes values separated by commas, e.g. {flag} a,b; not {given!r}")
         chosen[name] = values
     try:
-        return terminal.main(settings, args.range, args.watch, args.dashboard, sys.stdout, chosen)
+        return terminal.main(settings, args.range, args.watch, args.dashboard, sys.stdout, chosen,
+                             as_json=args.json)
     except (terminal.PanelsError, terminal.DashboardError, StartupError) as exc:
         print(f"ingest panels: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..errors import first_line
 from ..shipped import shipped_file
 from .macros import SQLDS_ERROR_PREFIX, MacroError, QueryRange, expand
-from .variables import Variable, VariableError, substitute
+from .variables import Variable, VariableError, dashboard_variables, substitute
 
 CLICKHOUSE_UID = "clickhouse"
 DASHBOARD_FILE = "product-analytics.json"
@@ -98,13 +98,16 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> dict[str, tuple[str, ...]]:
+def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
+                 chosen: dict[str, list[str]] | None = None) -> dict[str, tuple[str, ...]]:
     """The options of the dashboard's query variables on the ClickHouse datasource, as Grafana loads them: the
     plugin (4.20.0, src/data/CHVariableSupport.tsx) runs the query's `rawSql` (or a plain string query) through
-    its usual path (template variables, then macros) and takes the first column as each option's value.
-    VariableError says which variable's query failed, in one line."""
+    its usual path (template variables, then macros) and takes the `__value` column, else the first, as each
+    option's value. A query may use the variables above it (their chosen or saved values), as Grafana resolves
+    them in order. VariableError says which variable's query failed, in one line."""
     loaded: dict[str, tuple[str, ...]] = {}
-    for spec in dashboard.get("templating", {}).get("list", []):
+    specs = dashboard.get("templating", {}).get("list", [])
+    for at, spec in enumerate(specs):
         if spec.get("type") != "query" or (spec.get("datasource") or {}).get("uid") != CLICKHOUSE_UID:
             continue
         query = spec.get("query")
@@ -112,15 +115,26 @@ def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner) -> 
         if not sql:
             loaded[spec["name"]] = ()
             continue
+        above = {"templating": {"list": specs[:at]}}
+        names = {s["name"] for s in specs[:at]}
         try:
-            _, rows = run(expand(substitute(sql, {}), qrange))
+            known = dashboard_variables(above, {k: v for k, v in (chosen or {}).items() if k in names}, loaded)
+            columns, rows = run(expand(substitute(sql, known), qrange))
         except (VariableError, MacroError) as exc:
             raise VariableError(f"the query of ${spec['name']}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - one line, as a panel's error is shown
             raise VariableError(f"the query of ${spec['name']} failed: {first_line(exc)}") from None
         # Values reach Grafana as text (a FixedString comes back as bytes from the Python client).
-        loaded[spec["name"]] = tuple(_text(row[0]) for row in rows if row)
+        column = columns.index("__value") if "__value" in columns else 0
+        loaded[spec["name"]] = tuple(_text(row[column]) for row in rows if row)
     return loaded
+
+
+def variables_for(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
+                  chosen: dict[str, list[str]] | None = None) -> dict[str, Variable]:
+    """The dashboard's variables as Grafana sets them up on opening it: query variables' options loaded, then the
+    chosen values (validated against them) over the saved ones."""
+    return dashboard_variables(dashboard, chosen, load_options(dashboard, qrange, run, chosen))
 
 
 def run_panels(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
@@ -165,19 +179,21 @@ def _uncell(value: Any) -> Any:
     return value
 
 
-def results_to_json(results: list[PanelResult], qrange: QueryRange, variables: list[str]) -> dict[str, Any]:
+def results_to_json(results: list[PanelResult], qrange: QueryRange, variables: list[str],
+                    alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Panel results as JSON-ready data (times tagged, so they come back as datetimes), with the note of the
-    template variables substituted."""
+    template variables substituted and the alert rules' states (alerting.AlertState.as_json)."""
     return {"from": qrange.start.isoformat(), "to": qrange.end.isoformat(), "variables": variables,
             "panels": [{"id": r.panel.id, "title": r.panel.title, "type": r.panel.type, "format": r.panel.format,
                         "columns": r.columns, "rows": [[_cell(v) for v in row] for row in r.rows],
-                        "error": r.error} for r in results]}
+                        "error": r.error} for r in results],
+            "alerts": alerts or []}
 
 
-def results_from_json(body: dict[str, Any]) -> tuple[list[PanelResult], QueryRange, list[str]]:
+def results_from_json(body: dict[str, Any]) -> tuple[list[PanelResult], QueryRange, list[str], list[dict[str, Any]]]:
     """The inverse of results_to_json (the panel SQL is not sent back: the text view does not need it)."""
     results = [PanelResult(PanelQuery(p["id"], p["title"], p["type"], p["format"], ""), p["columns"],
                            [tuple(_uncell(v) for v in row) for row in p["rows"]], p["error"])
                for p in body["panels"]]
     qrange = QueryRange(datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"]))
-    return results, qrange, body.get("variables", [])
+    return results, qrange, body.get("variables", []), body.get("alerts", [])

@@ -14,7 +14,10 @@ Query variables take their options from their query, as Grafana loads them (the 
 query's `rawSql`; the first column is the value): ingest/grafana/dashboard.py `load_options` runs it, and a value the
 variable does not offer is refused, as Grafana's drop-down (with `allowCustomValue` false) offers none.
 
-Not emulated, refused with a message instead of running other SQL than Grafana would: explicit formats
+Explicit formats: `${var:singlequote}` and `${var:sqlstring}`, as Grafana's formatRegistry writes them (each value
+quoted, `'` escaped as `\'` or as `''`, several joined by `,`). Text box variables are their text.
+
+Not emulated, refused with a message instead of running other SQL than Grafana would: other explicit formats
 (`${var:csv}`), field paths (`${var.x}`), ad hoc filter variables, and Grafana's built-in variables (`$__from`,
 `$__interval`, ...), whose values come from the dashboard page. A variable's `regex` and `sort` are not applied
 (the product dashboard's queries sort their values themselves).
@@ -34,6 +37,10 @@ BUILTINS = frozenset({"__from", "__to", "__interval", "__interval_ms", "__range"
                       "__rate_interval", "__rate_interval_ms", "__timezone", "__dashboard", "__org", "__user",
                       "__url_time_range", "__all_variables"})
 CONDITIONAL_ALL = "$__conditionalAll("
+# Grafana's formats that this emulates: singlequote escapes ' with a backslash (and leaves backslashes as they are),
+# sqlstring doubles it.
+FORMATS = {"singlequote": lambda v: "'" + v.replace("'", "\\'") + "'",
+           "sqlstring": lambda v: "'" + v.replace("'", "''") + "'"}
 
 
 class VariableError(ValueError):
@@ -65,6 +72,17 @@ class Variable:
                                 "variable loads them in the browser): choose values with --var")
         value: str | tuple[str, ...] = self.options if self.is_all else self.value
         return "'" + "','".join(value) + "'" if isinstance(value, tuple) else value
+
+    def formatted(self, fmt: str) -> str:
+        """What ${name:fmt} becomes (Grafana's formatRegistry)."""
+        if fmt not in FORMATS:
+            raise VariableError(f"${{{self.name}:{fmt}}}: the format {fmt} is not emulated (singlequote and sqlstring "
+                                "are)")
+        if self.is_all and self.all_value is not None:
+            return self.all_value
+        values = self.options if self.is_all else self.value
+        quote = FORMATS[fmt]
+        return ",".join(map(quote, values)) if isinstance(values, tuple) else quote(values)
 
     def describe(self) -> str:
         """One line: the filter this selection puts on (or none), where it came from, and what the SQL receives."""
@@ -187,9 +205,9 @@ def substitute(sql: str, variables: dict[str, Variable]) -> str:
                                 "the panels command cannot know its value")
         if name not in variables:
             return m[0]  # Grafana leaves names it does not know as they are
-        if fmt or path:
-            raise VariableError(f"{m[0]}: explicit formats and field paths are not emulated")
-        return variables[name].rendered()
+        if path:
+            raise VariableError(f"{m[0]}: field paths are not emulated")
+        return variables[name].formatted(fmt) if fmt else variables[name].rendered()
 
     return VARIABLE.sub(replace, apply_conditional_all(sql, variables))
 

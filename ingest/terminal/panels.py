@@ -12,26 +12,30 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..grafana.alerting import evaluate_all
 from ..grafana.dashboard import (
     DashboardError,
     PanelResult,
     load_dashboard,
-    load_options,
     query_range,
     results_from_json,
     run_panels,
+    variables_for,
 )
 from ..grafana.macros import QueryRange
 from ..grafana.variables import Variable, VariableError, dashboard_variables, describe
+from .status import LiveStatus, fetch_health, live_status
 
 REFRESH_SECONDS = 5.0  # the dashboard's refresh
 WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal
@@ -47,12 +51,44 @@ class PanelsError(Exception):
 
 @dataclass
 class Frame:
-    """One refresh: every panel's result for one range, and where it was read."""
+    """One refresh: every panel's result for one range, where it was read, the alert rules' states and the live
+    status."""
 
     results: list[PanelResult]
     qrange: QueryRange
     source: str
     variables: list[str]  # what was substituted, and how
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # alerting.AlertState.as_json() each
+    status: LiveStatus | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The document `panels --json` prints: for scripts, monitoring checks and tests."""
+        return {"from": _json_value(self.qrange.start), "to": _json_value(self.qrange.end),
+                "variables": self.variables,
+                "status": self.status.as_json() if self.status else None,
+                "panels": [{"title": r.panel.title, "error": r.error,
+                            "frames": [{"fields": r.columns,
+                                        "rows": [[_json_value(v) for v in row] for row in r.rows]}]}
+                           for r in self.results],
+                "alerts": self.alerts}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _newest_event_age(results: list[PanelResult]) -> float | None:
+    """What the Live status panel's ClickHouse query found: seconds since the newest stored event."""
+    for r in results:
+        if r.panel.title == "Live status" and r.rows and not r.error:
+            return float(r.rows[0][0])
+    return None
 
 
 class Direct:
@@ -63,6 +99,7 @@ class Direct:
 
         from ..storage.failures import reason
 
+        self.service = _service_url(settings)
         self.dashboard = dashboard
         self.chosen = chosen
         self.variables = _variables(dashboard, chosen)  # a bad --var is said before ClickHouse is asked
@@ -82,13 +119,15 @@ class Direct:
         qrange = query_range(range_name)
         if not self.loaded:  # query variables' options, loaded once, as Grafana does when it opens the dashboard
             try:
-                self.variables = dashboard_variables(self.dashboard, self.chosen,
-                                                     load_options(self.dashboard, qrange, run))
+                self.variables = variables_for(self.dashboard, qrange, run, self.chosen)
             except VariableError as exc:
                 raise PanelsError(f"template variables: {exc}") from None
             self.loaded = True
-        return Frame(run_panels(self.dashboard, qrange, run, self.variables), qrange, self.label,
-                     describe(self.variables))
+        results = run_panels(self.dashboard, qrange, run, self.variables)
+        alerts = [a.as_json() for a in evaluate_all(run, qrange.end)]
+        health, unreachable = fetch_health(self.service)
+        return Frame(results, qrange, self.label, describe(self.variables), alerts,
+                     live_status(_newest_event_age(results), health, unreachable))
 
     def close(self) -> None:
         self.client.close()
@@ -125,8 +164,10 @@ class ViaService:
             raise PanelsError(f"the service at {self.url} stores into {body.get('storage')}, not {self.owner}: "
                               "run panels with the service's CLICKHOUSE_URL and CLICKHOUSE_DATABASE, or set "
                               "INGEST_PORT to the port of the service that holds this data")
-        results, qrange, variables = results_from_json(body)
-        return Frame(results, qrange, self.label, variables)
+        results, qrange, variables, alerts = results_from_json(body)
+        health, unreachable = fetch_health(self.url)
+        return Frame(results, qrange, self.label, variables, alerts,
+                     live_status(_newest_event_age(results), health, unreachable))
 
     def close(self) -> None:
         pass
@@ -153,10 +194,15 @@ def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]
         raise PanelsError(f"no embedded ClickHouse data in {path} (CLICKHOUSE_URL): run panels from the directory "
                           "the service runs in, or set CLICKHOUSE_URL to its data")
     if data_holder(path) is not None or service_url:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         _variables(dashboard, chosen)  # a bad --var is said here, before the service is asked
-        return ViaService(settings, service_url or f"http://{host}:{settings.port}", chosen)
+        return ViaService(settings, service_url or _service_url(settings), chosen)
     return Direct(settings, dashboard, chosen)
+
+
+def _service_url(settings) -> str:
+    """Where this machine reaches the ingest service of these settings (INGEST_HOST, INGEST_PORT)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 # --- text rendering ----------------------------------------------------------------------------------------------
@@ -266,8 +312,51 @@ def _error_rate(r: PanelResult) -> list[str]:
     return [head, "  " + sparkline(values, SPARK_WIDTH), _scale(times, values, SPARK_WIDTH, percent=True)]
 
 
+def _steps(r: PanelResult) -> list[str]:
+    """Signup steps: one line per breakdown value (one line without a breakdown): each step's sessions and the
+    conversion from the step before."""
+    columns = {name: i for i, name in enumerate(r.columns)}
+    groups: dict[str, list[tuple]] = {}
+    for row in r.rows:
+        groups.setdefault(str(row[columns["breakdown_value"]]), []).append(row)
+    if not groups:
+        return ["Signup steps", "  no session reached the first step in range"]
+    first = next(iter(groups.values()))
+    names = " → ".join(str(row[columns["step_name"]]) for row in first)
+    lines = [f"Signup steps  {names}  (sessions, % of the step before)"]
+    label_width = max(len(v) for v in groups) if len(groups) > 1 or "" not in groups else 0
+    for value, rows in groups.items():
+        cells = [_num(row[columns["sessions"]]) + ("" if row[columns["step"]] == 1 else
+                                                   f" ({_num(row[columns['conversion_pct']], True)})")
+                 for row in rows]
+        label = f"{_short(value, 18):<{min(label_width, 18)}}  " if label_width else ""
+        lines.append(f"  {label}{' → '.join(cells)}")
+    return lines
+
+
+def _conversion(r: PanelResult) -> list[str]:
+    """Signup conversion over time: one sparkline per step transition (and breakdown value), its last point."""
+    series: dict[str, list[tuple[Any, Any]]] = {}
+    for time_, step, pct in r.rows:
+        series.setdefault(str(step), []).append((time_, pct))
+    if not series:
+        return ["Signup conversion over time", "  no session reached the first step in range"]
+    lines = ["Signup conversion over time  % of the step before, by when the first step happened"]
+    width = min(40, max(len(s) for s in series))
+    for name, points in series.items():
+        values = [v for _, v in points]
+        last = next((v for v in reversed(values) if v is not None), None)
+        lines.append(f"  {_short(name, width):<{width}}  {sparkline(values, 24):<24}  last {_num(last, True)}")
+    return lines
+
+
+def _short(text: str, width: int) -> str:
+    """text in at most width characters, an ellipsis where it was cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 _RENDER = {"Active users": _active_users, "Signup funnel": _funnel, "Top features": _top_features,
-           "Error rate": _error_rate}
+           "Error rate": _error_rate, "Signup steps": _steps, "Signup conversion over time": _conversion}
 
 
 def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
@@ -286,11 +375,38 @@ def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
     return "\n".join(lines)
 
 
+def _alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
+    """One line per alert rule: firing (with the series whose condition holds and their values), ok, or error."""
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for state in alerts:
+        by_rule.setdefault(state["title"], []).append(state)
+    lines = []
+    for title, states in by_rule.items():
+        errors = [s["error"] for s in states if s.get("error")]
+        firing = [s for s in states if s["condition_met"]]
+        if errors:
+            lines.append(f"Alert {title}: cannot evaluate: {errors[0]}")
+        elif firing:
+            named = ", ".join(
+                " ".join(f"{k}={v}" for k, v in s["labels"].items() if k not in ("severity", "team"))
+                + (f" {_num(s['value'])}" if s["value"] is not None else "") for s in firing)
+            lines.append(f"Alert {title}: FIRING  {named}".rstrip())
+        else:
+            lines.append(f"Alert {title}: ok")
+    return lines
+
+
 def _lines(frame: Frame, funnel_hours: int) -> list[str]:
     q = frame.qrange
     lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC",
-             *(f"  {line}" for line in frame.source.split("\n")), *(f"  {line}" for line in frame.variables), ""]
+             *(f"  {line}" for line in frame.source.split("\n")), *(f"  {line}" for line in frame.variables)]
+    if frame.status is not None:
+        lines.append(frame.status.line())
+    lines += _alert_lines(frame.alerts)
+    lines.append("")
     for r in frame.results:
+        if r.panel.title == "Live status":
+            continue  # the status line above says it
         if r.error:
             lines += [r.panel.title, f"  query failed: {r.error}"]
         elif r.panel.title == "Signup funnel":
@@ -306,15 +422,26 @@ def _generic(r: PanelResult) -> list[str]:
 
 
 def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO,
-         chosen: dict[str, list[str]] | None = None, service_url: str | None = None) -> int:
-    """Print the dashboard once, or every 5 s with --watch until Ctrl-C (`chosen`: variable values from --var).
-    Raises PanelsError or DashboardError."""
+         chosen: dict[str, list[str]] | None = None, service_url: str | None = None, as_json: bool = False) -> int:
+    """Print the dashboard once, or every 5 s with --watch until Ctrl-C (`chosen`: variable values from --var); as
+    one JSON document per refresh with as_json. Raises PanelsError or DashboardError."""
     dashboard = load_dashboard(Path(dashboard_file) if dashboard_file else None)
     source = open_source(settings, dashboard, chosen, service_url)
-    clear = watch and out.isatty()  # screen-clearing codes only for a terminal; a pipe gets frames one after another
+    tty = out.isatty()
+    clear = watch and tty and not as_json  # screen codes only for a terminal; a pipe gets frames one after another
     try:
         while True:
-            text = render(source.frame(range_name))
+            frame = source.frame(range_name)
+            if as_json:
+                out.write(json.dumps(frame.as_json(), allow_nan=False) + "\n")
+                out.flush()
+                if not watch:
+                    return 0
+                time.sleep(REFRESH_SECONDS)
+                continue
+            # A terminal's own size, never smaller than the classic one; a pipe gets the classic 80x24.
+            size = shutil.get_terminal_size((WIDTH, HEIGHT)) if tty else os.terminal_size((WIDTH, HEIGHT))
+            text = render(frame, max(WIDTH, size.columns), max(HEIGHT, size.lines - 1 if watch else size.lines))
             out.write("\033[H\033[J" + text + "\n" if clear else text + "\n")
             out.flush()
             if not watch:
