@@ -130,8 +130,12 @@ def dashboard_variables(dashboard: dict[str, Any], overrides: dict[str, list[str
         if spec.get("type") == "adhoc":
             raise VariableError(f"ad hoc filter variable ${spec['name']}: Grafana adds its filters to every query; "
                                 "the panels command does not emulate that")
-        options = loaded[spec["name"]] if spec["name"] in loaded else \
-            tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
+        if spec.get("type") == "textbox":
+            options: tuple[str, ...] = ()  # any text: what its one saved option holds is only the default
+        elif spec["name"] in loaded:
+            options = loaded[spec["name"]]
+        else:
+            options = tuple(str(o["value"]) for o in spec.get("options", []) if o.get("value") != ALL)
         found[spec["name"]] = Variable(spec["name"], _values(spec.get("current", {}).get("value", "")), options,
                                        spec.get("allValue") or None)
     for name, values in (overrides or {}).items():
