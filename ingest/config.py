@@ -64,6 +64,9 @@ class Settings:
     # (~300 bytes of memory each); beyond, the oldest are forgotten early.
     idempotency_window_seconds: float = 86_400.0
     idempotency_max_keys: int = 500_000
+    # Certificate authority (PEM file) that signed the ClickHouse server's certificate, for https:// URLs whose
+    # certificate a public CA did not sign. Empty: the system's and certifi's roots.
+    clickhouse_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if not _DATABASE_NAME.match(self.clickhouse_database):
@@ -96,6 +99,10 @@ class Settings:
         if self.country_header and not _HEADER_NAME.match(self.country_header):
             raise ConfigError(f"INGEST_COUNTRY_HEADER: {self.country_header[:100]!r} is not an HTTP header name, "
                               "e.g. CF-IPCountry")
+        if self.clickhouse_ca_file and not self.clickhouse_url.startswith("https://"):
+            raise ConfigError("CLICKHOUSE_CA_FILE is for an https:// CLICKHOUSE_URL")
+        if self.clickhouse_ca_file and not os.path.isfile(self.clickhouse_ca_file):
+            raise ConfigError(f"CLICKHOUSE_CA_FILE={self.clickhouse_ca_file!r}: no such file")
         for origin in self.cors_origins:
             if not _ORIGIN.match(origin):
                 raise ConfigError(f"INGEST_CORS_ORIGINS: {origin[:100]!r} is not an origin "
@@ -156,6 +163,7 @@ _ENV = {
     "country_header": "INGEST_COUNTRY_HEADER",
     "idempotency_window_seconds": "INGEST_IDEMPOTENCY_WINDOW_SECONDS",
     "idempotency_max_keys": "INGEST_IDEMPOTENCY_MAX_KEYS",
+    "clickhouse_ca_file": "CLICKHOUSE_CA_FILE",
 }
 ENV_VARS = tuple(_ENV.values())
 
@@ -184,6 +192,7 @@ _HELP = {
                       "(e.g. CF-IPCountry; empty: they get ZZ)",
     "idempotency_window_seconds": "how long a repeated Idempotency-Key gets the first answer",
     "idempotency_max_keys": "most idempotency keys held (~300 bytes each); the oldest go first",
+    "clickhouse_ca_file": "PEM file of the CA that signed an https ClickHouse server's certificate (empty: public CAs)",
 }
 
 
@@ -198,6 +207,22 @@ def environment_help() -> str:
         shown = ",".join(value) if isinstance(value, tuple) else str(value)
         lines.append(f"  {_ENV[f.name]:<{width}} {_HELP.get(f.name, '')} (default: {shown or 'empty'})")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SchemaSecrets:
+    """What `python -m ingest schema apply` reads besides Settings: the admin's URL and the users' passwords (the
+    compose stack's schema step passes them in the environment, never on a command line)."""
+
+    admin_url: str = field(default="", repr=False)
+    ingest_password: str = field(default="", repr=False)
+    grafana_password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "SchemaSecrets":
+        environ = os.environ if environ is None else environ
+        return cls(environ.get("CLICKHOUSE_ADMIN_URL", ""), environ.get("CLICKHOUSE_INGEST_PASSWORD", ""),
+                   environ.get("CLICKHOUSE_GRAFANA_PASSWORD", ""))
 
 
 def _comma_list(raw: str) -> tuple[str, ...]:

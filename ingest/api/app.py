@@ -424,7 +424,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
                            Path(settings.wal_dir) / "idempotency-keys" if durable else None,
                            on_evict=app[METRICS].idempotency_keys_evicted.inc)
     wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner, before_delete=keys.sync) if durable else None
-    sink = Sink(settings.clickhouse_url, settings.clickhouse_database)
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database, ca_file=settings.clickhouse_ca_file)
     pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters, keys=keys,
                         retry_max_seconds=settings.retry_max_seconds)
     app[METRICS].idempotency_keys.set_function(lambda: len(keys))

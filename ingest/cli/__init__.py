@@ -1,5 +1,6 @@
-"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic,
-`rebuild-rollups` refills the dashboard rollups from the events table (after an upgrade). One module per command."""
+"""Command line: `serve` runs the service, `panels` prints the dashboard, `demo` sends demo traffic, `schema` shows
+or applies the schema and users for a server, a cluster or ClickHouse Cloud, `rebuild-rollups` refills the dashboard
+rollups from the events table (after an upgrade). One module per command."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..errors import StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import demo, panels
+    from . import demo, panels, schema
 
     defaults = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
@@ -30,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
                                            description=demo.traffic.__doc__, formatter_class=defaults))
     commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
-                                                "(run with the service stopped)")
+                                                "(run with the service stopped)",
+                        description="Empty every rollup the init DDL defines and refill it from the events table with "
+                                    "its view's own SELECT (after an upgrade that adds a rollup). Stop the service "
+                                    "first: an insert meanwhile would reach a rollup twice.")
+    schema.add_arguments(commands.add_parser(
+        "schema", help="the schema and the users for one server, a cluster or ClickHouse Cloud: show or apply",
+        description=schema.__doc__))
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.run(args)
@@ -52,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             serve.run(settings)
         elif args.command == "panels":
             return panels.run(args, settings, parser)
+        elif args.command == "schema":
+            return schema.run(args, settings)
         elif args.command == "rebuild-rollups":
             from . import rollups
 

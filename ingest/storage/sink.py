@@ -15,7 +15,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DataError, Ope
 
 from ..contract.events import COLUMNS, Row
 from ..errors import StartupError
-from .ddl import ddl_files, quote, statements
+from .ddl import quote
 from .embedded import embedded_failure, require_engine
 from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, error_code, in_view
 
@@ -58,6 +58,9 @@ INSERT_SETTINGS = {
     # A retried batch (same token) must be dropped by the rollups the views feed, not only by events; the rollup
     # tables carry a deduplication window for it.
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # On a cluster events is a Distributed table: answer only once the rows are on their shards (the token travels
+    # with them), not when they are queued on the node that took the insert. A plain table ignores it.
+    "distributed_foreground_insert": 1,
 }
 
 
@@ -80,9 +83,10 @@ class Sink:
     """
 
     def __init__(self, url: str, database: str, *, create_schema: bool | None = None,
-                 chdb_options: Mapping[str, str] | None = None) -> None:
+                 chdb_options: Mapping[str, str] | None = None, ca_file: str = "") -> None:
         self.url = url
         self.database = database
+        self.ca_file = ca_file
         self.embedded = url.startswith("chdb://")
         # The embedded engine is ours to set up; on a server the init script creates the schema (and the
         # ingest user may not run DDL). Tests that play a server on the embedded engine say False.
@@ -99,6 +103,8 @@ class Sink:
         kwargs: dict[str, Any] = {"dsn": self.url, "database": database}
         if self.chdb_options:
             kwargs["chdb_options"] = self.chdb_options
+        if self.ca_file:
+            kwargs["ca_cert"] = self.ca_file
         return clickhouse_connect.get_client(**kwargs)
 
     def _connect(self) -> Client:
@@ -111,20 +117,10 @@ class Sink:
         return self._client
 
     def apply_schema(self) -> None:
-        """Create the database and run the init DDL; idempotent (IF NOT EXISTS everywhere)."""
-        admin = self._client_for(None)
-        try:
-            admin.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
-        finally:
-            admin.close()
-        ddl = self._client_for(self.database)
-        try:
-            for name, text in ddl_files():
-                for statement in statements(text):
-                    log.debug("applying %s", name)
-                    ddl.command(statement)
-        finally:
-            ddl.close()
+        """Create the database and run the init DDL for one server; idempotent (IF NOT EXISTS everywhere)."""
+        from .targets import Target, apply
+
+        apply(self._client_for, Target("server"), self.database, report=lambda line: log.debug("applied %s", line))
 
     def open(self) -> None:
         """Connect now if possible; a server that is down is retried on the next call.
