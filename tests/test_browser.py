@@ -14,8 +14,9 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
+from .harness.engine import count
+from .harness.tools import require_tool
 from .live import SlowLink, serving, serving_on
-from .support import count, require_tool
 
 KEY = "browser-write-key-7d1e"
 

@@ -17,9 +17,10 @@ import requests
 from ingest.api.app import create_app
 from ingest_client import Client
 
+from .harness.engine import count, count_rows
+from .harness.events import event
+from .harness.service import Service, free_port
 from .live import LostAnswers, serving
-from .processes import Service, count_rows, free_port
-from .support import count, event
 from .test_delivery import _break_storage, _repair_storage
 
 

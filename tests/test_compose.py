@@ -19,10 +19,10 @@ import yaml
 from ingest.api.server import HTTP_SHUTDOWN_SECONDS
 from ingest.config import ENV_VARS, Settings
 from ingest.delivery.pipeline import Pipeline
+
+from .harness.tools import require_tool
+from .stack import ROOT, SECRETS, compose, docker_compose, env_example, environment, references, stack_env, volumes
 from .test_grafana_files import grafana_provisioning_variables
-from .stack import (ROOT, SECRETS, compose, docker_compose, env_example, environment, references,
-                         stack_env, volumes)
-from .support import require_tool
 
 SERVICES = {"clickhouse", "ingest", "grafana", "prometheus"}
 

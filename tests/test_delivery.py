@@ -6,7 +6,9 @@ import asyncio
 
 from ingest.storage.sink import Sink
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 def _break_storage(ch) -> None:

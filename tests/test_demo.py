@@ -14,8 +14,9 @@ from ingest import demo
 from ingest.contract.events import Row
 from ingest.contract.validation import EventValidator
 
-from .processes import command, free_port
-from .support import count, eventually
+from .harness.engine import count
+from .harness.polling import eventually
+from .harness.service import command, free_port
 
 NOW = time.time()
 STAMP = demo.rfc3339(NOW)

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from .support import count, event, eventually, iso
+from .harness.engine import count
+from .harness.events import event, iso
+from .harness.polling import eventually
 
 
 async def test_posted_events_land_with_exact_column_values(make_client, ch):

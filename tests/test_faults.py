@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import event
+from .harness.events import event
 from .test_process import _free_port
 
 pytestmark = pytest.mark.slow

@@ -10,12 +10,15 @@ import os
 import orjson
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from ingest.api.app import create_app
 
+from .harness.engine import count
+from .harness.events import event
 from .live import serving
-from .support import count, event
 
 # Bounded so the whole module stays within a few seconds on 2 shared cores; FUZZ_EXAMPLES=2000 for a long hunt.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -14,11 +14,11 @@ import yaml
 
 from ingest.grafana.dashboard import load_dashboard, panel_queries
 from ingest.grafana.macros import MACROS, QueryRange, expand
-from ingest.storage.sink import Sink
 from ingest.grafana.variables import ALL, VARIABLE, dashboard_variables, substitute
+from ingest.storage.sink import Sink
 
+from .harness.events import event
 from .stack import volumes
-from .support import event
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"

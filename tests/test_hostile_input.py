@@ -9,7 +9,9 @@ import brotli
 import orjson
 import pytest
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 def _with(raw_field: bytes, base: dict | None = None) -> bytes:

@@ -12,13 +12,15 @@ import pytest
 import requests
 import schemathesis
 import schemathesis.checks
-from hypothesis import HealthCheck, given, settings as hyp_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
 
 from ingest.api.app import create_app
 from ingest.contract.events import SCHEMA
 
+from .harness.engine import count
+from .harness.events import iso
 from .live import serving
-from .support import count, iso
 
 KEY = "openapi-test-key"
 # Generated events are schema-valid but mostly outside the accepted time window (a rule the schema cannot

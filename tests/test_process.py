@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import event
+from .harness.events import event
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

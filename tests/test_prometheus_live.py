@@ -21,7 +21,8 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
-from .support import event, require_tool
+from .harness.events import event
+from .harness.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "prometheus" / "prometheus.yml"

@@ -13,7 +13,9 @@ import logging
 
 from ingest.delivery.deadletter import DeadLetterFile
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 async def _health(client) -> dict:

@@ -16,15 +16,15 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.dashboard import load_dashboard, panel_queries
-from ingest.storage.sink import failure_kind
+from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.variables import dashboard_variables, substitute
+from ingest.storage.sink import failure_kind
 
 from . import test_panel_truth as truth
+from .harness.events import iso
 from .server_users import ServerUsers, definer
 from .stack import ROOT, compose, environment, init_table_names, interpolate, stack_env
-from .support import iso
 
 pytestmark = pytest.mark.slow
 DB = "analytics"

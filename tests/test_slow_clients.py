@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from .support import event
+from .harness.events import event
 from .test_process import _count_rows, _free_port
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from .processes import Service, command, count_rows
+from .harness.engine import count_rows
+from .harness.service import Service, command
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,14 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
-from .test_docs import ROOT
-
 from .cdp import Chromium
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
+from .harness.tools import require_tool
 from .live import LostAnswers, serving, serving_on
-from .support import count, event, eventually, require_tool
 from .test_delivery import _break_storage, _repair_storage
+from .test_docs import ROOT
 
 KEY = "tracker-write-key-5c2e"
 DESKTOP = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 "

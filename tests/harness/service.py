@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .support import event
+from .events import event
 
 
 def free_port() -> int:
@@ -92,12 +92,3 @@ class Service:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
-
-def count_rows(data_dir: Path, database: str, where: str = "1") -> int:
-    """Rows of events in an embedded data directory, read from a fresh process (one process per directory)."""
-    code = ("import clickhouse_connect, sys; "
-            "print(clickhouse_connect.get_client(dsn=sys.argv[1], database=sys.argv[2])"
-            ".command('SELECT count() FROM events WHERE ' + sys.argv[3]))")
-    out = subprocess.run([sys.executable, "-c", code, f"chdb://{data_dir}", database, where],
-                         capture_output=True, text=True, timeout=120, check=True)
-    return int(out.stdout.strip())
