@@ -19,7 +19,8 @@ from ingest_client import Client
 
 from .harness.engine import count, count_rows
 from .harness.events import event
-from .harness.service import Service, free_port
+from .harness.ports import reserved_port
+from .harness.service import Service
 from .live import LostAnswers, serving
 from .test_delivery import _break_storage, _repair_storage
 
@@ -104,6 +105,14 @@ def test_a_batch_whose_answer_was_lost_is_sent_again_and_stored_once(settings, c
     assert count(ch) == 10 and ch.command("SELECT uniqExact(session_id) FROM events") == 10
 
 
+@pytest.fixture
+def port():
+    """The client's one address: refused while the service is down, the service's while it runs (it is started on
+    this port, again after a restart)."""
+    with reserved_port() as reserved:
+        yield reserved
+
+
 def _service(tmp_path, port: int) -> Service:
     return Service(tmp_path, INGEST_PORT=str(port), CLICKHOUSE_URL=f"chdb://{tmp_path / 'data'}",
                    CLICKHOUSE_DATABASE="client", INGEST_WAL_DIR=str(tmp_path / "wal"),
@@ -112,8 +121,7 @@ def _service(tmp_path, port: int) -> Service:
 
 
 @pytest.mark.slow
-def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back(tmp_path):
-    port = free_port()
+def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back(tmp_path, port):
     service = _service(tmp_path, port).wait_healthy()
     client = Client(f"http://127.0.0.1:{port}", flush_interval=0.05, max_backoff=0.3)
     try:
@@ -137,8 +145,7 @@ def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back
 
 
 @pytest.mark.slow
-def test_the_queue_is_bounded_while_the_service_is_down_dropping_the_oldest(tmp_path):
-    port = free_port()
+def test_the_queue_is_bounded_while_the_service_is_down_dropping_the_oldest(tmp_path, port):
     client = Client(f"http://127.0.0.1:{port}", batch_size=10, max_queue=50, flush_interval=0.05, max_backoff=0.2)
     for i in range(200):
         client.track("page_view", session_id=f"q-{i:03d}")

@@ -16,7 +16,8 @@ from ingest.contract.validation import EventValidator
 
 from .harness.engine import count
 from .harness.polling import eventually
-from .harness.service import command, free_port
+from .harness.ports import reserved_port
+from .harness.service import command
 
 NOW = time.time()
 STAMP = demo.rfc3339(NOW)
@@ -129,8 +130,9 @@ def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, words):
 def test_a_dead_server_fails_fast_with_the_reason(tmp_path):
     import time
 
-    started = time.monotonic()
-    result = command(["demo", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "60"], tmp_path, timeout=60)
+    with reserved_port() as port:  # held, so nothing can answer there
+        started = time.monotonic()
+        result = command(["demo", "--url", f"http://127.0.0.1:{port}", "--duration", "60"], tmp_path, timeout=60)
     assert result.returncode == 1 and time.monotonic() - started < 15
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert "no ingest service answers" in result.stderr and "python -m ingest serve" in result.stderr

@@ -1,11 +1,11 @@
-"""The service and its commands as users run them: real processes, real ports, their exit codes and output."""
+"""`python -m ingest` as users run it: the service in its own process on the port it picked (INGEST_PORT=0, read
+from its log), commands run to their end, and plain HTTP to them."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .events import event
+from .logs import log_text, wait_for_line
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# What serve logs once its socket accepts connections (ingest/api/server.py), with the port the system gave it.
+LISTENING = r"listening on http://(?P<host>\S+):(?P<port>\d+): "
 
 
 def command(args: list[str], cwd: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -29,44 +27,75 @@ def command(args: list[str], cwd: Path, timeout: float = 120, **env: str) -> sub
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-class Service:
-    """`python -m ingest serve` in its own process, on a free loopback port."""
+def fetch(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a GET, or of a JSON POST when data is given; error statuses are returned, not raised."""
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
-    def __init__(self, cwd: Path, **env: str) -> None:
-        self.port = int(env.get("INGEST_PORT") or free_port())
-        self.env = {**os.environ, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(self.port), **env}
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"serve-{self.port}-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=self.env, cwd=cwd,
-                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+
+class Service:
+    """`python -m ingest serve` in its own process, on the loopback port the system picks unless INGEST_PORT is set.
+
+    Its output goes to `log` (default: a new file in cwd); the port is known once wait_healthy() has read it there.
+    `open_files` (soft, hard) limits its open files as a container's `ulimit -n` would.
+    """
+
+    def __init__(self, cwd: Path, *, log: Path | None = None, open_files: tuple[int, int] | None = None,
+                 **env: str) -> None:
+        # INFO: the line that names the port is an INFO line, whatever the caller's environment says.
+        self.env = {**os.environ, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": "0", "INGEST_LOG_LEVEL": "INFO", **env}
+        self.log = log or Path(cwd) / f"serve-{time.monotonic_ns()}.log"
+        # Several services may append to one log: this one's output starts here.
+        self._start = self.log.stat().st_size if self.log.exists() else 0
+        self.port: int | None = None
+
+        def limit_files() -> None:
+            if open_files is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
+        with open(self.log, "ab") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=self.env, cwd=cwd,
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=limit_files if open_files is not None else None)
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise AssertionError("the service's port is known once wait_healthy() has read it from the log")
+        return f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        """What this service has written to its log so far."""
+        return log_text(self.log, self._start)
 
     def wait_healthy(self, timeout: float = 60) -> "Service":
+        """Wait until the service logs the port it listens on and answers /health with 200; fail with its log."""
         deadline = time.monotonic() + timeout
+        self.port = int(wait_for_line(self.log, LISTENING, self.proc, self._start, timeout)["port"])
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                if fetch(f"{self.url}/health", timeout=2)[0] == 200:
                     return self
-            except urllib.error.HTTPError:
-                return self  # answering: up, if not healthy
             except OSError:
-                assert self.proc.poll() is None, f"serve exited ({self.proc.returncode}):\n{self.output()}"
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited ({self.proc.returncode}):\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve did not answer /health with 200 within {timeout} s:\n{self.output()}")
+            time.sleep(0.1)
 
     def wait_exit(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout=timeout)
 
     def get(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
-                body = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            body, status = exc.read(), exc.code
+        """(status, body) of a GET: the body parsed as JSON, else as text."""
+        status, body = fetch(f"{self.url}{path}")
         try:
             return status, json.loads(body)
         except ValueError:
@@ -77,18 +106,28 @@ class Service:
         return self.post([event(session_id=f"{tag}-{i}") for i in range(n)])
 
     def post(self, events: list[dict]) -> int:
-        """POST these events; returns how many the service accepted."""
-        req = urllib.request.Request(f"{self.url}/events", data=json.dumps(events).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.load(resp)["accepted"]
+        """POST these events; returns how many the service accepted (with a 202, or this fails with the answer)."""
+        status, body = fetch(f"{self.url}/events", json.dumps(events).encode())
+        if status != 202:
+            raise AssertionError(f"POST /events answered {status}: {body[:2000]!r}")
+        return json.loads(body)["accepted"]
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (the service flushes its buffer) and its exit code; killed (-9) if it has not exited by timeout."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
 
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
