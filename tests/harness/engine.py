@@ -3,6 +3,7 @@ a service held (the embedded engine opens a path in one process at a time)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,18 @@ def count(ch, where: str = "1") -> int:
     return ch.command(f"SELECT count() FROM events WHERE {where}")
 
 
+def read_rows(data_dir: Path, database: str, sql: str, timeout: float = 120) -> list[list]:
+    """The rows a query returns on an embedded data directory, read from a fresh process (one process per
+    directory); values as JSON carries them, str() of those it has no type for (such as datetimes)."""
+    code = ("import clickhouse_connect, json, sys; "
+            "client = clickhouse_connect.get_client(dsn=sys.argv[1], database=sys.argv[2]); "
+            "print(json.dumps(client.query(sys.argv[3]).result_rows, default=str))")
+    out = subprocess.run([sys.executable, "-c", code, f"chdb://{data_dir}", database, sql],
+                         capture_output=True, text=True, timeout=timeout, check=True)
+    return json.loads(out.stdout)
+
+
 def count_rows(data_dir: Path, database: str, where: str = "1") -> int:
-    """Rows of events in an embedded data directory, read from a fresh process (one process per directory)."""
-    code = ("import clickhouse_connect, sys; "
-            "print(clickhouse_connect.get_client(dsn=sys.argv[1], database=sys.argv[2])"
-            ".command('SELECT count() FROM events WHERE ' + sys.argv[3]))")
-    out = subprocess.run([sys.executable, "-c", code, f"chdb://{data_dir}", database, where],
-                         capture_output=True, text=True, timeout=120, check=True)
-    return int(out.stdout.strip())
+    """Rows of events in an embedded data directory, read from a fresh process."""
+    [[rows]] = read_rows(data_dir, database, f"SELECT count() FROM events WHERE {where}")
+    return rows

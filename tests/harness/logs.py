@@ -25,6 +25,7 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, start: int = 
     read while the process writes it.
     """
     regex = re.compile(pattern)
+    name = " ".join(map(str, proc.args)) if isinstance(proc.args, (list, tuple)) else str(proc.args)
     deadline = time.monotonic() + timeout
     while True:
         exited = proc.poll() is not None  # before reading: a line written just before the exit is still seen
@@ -33,7 +34,7 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, start: int = 
         if found:
             return found
         if exited:
-            raise AssertionError(f"{proc.args} exited ({proc.returncode}) without logging {pattern!r}:\n{text}")
+            raise AssertionError(f"{name} exited ({proc.returncode}) without logging {pattern!r}:\n{text}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{proc.args} did not log {pattern!r} within {timeout} s:\n{text}")
+            raise AssertionError(f"{name} did not log {pattern!r} within {timeout} s:\n{text}")
         time.sleep(0.05)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .events import event
 from .logs import log_text, wait_for_line
+from .metrics import metric
 
 # What serve logs once its socket accepts connections (ingest/api/server.py), with the port the system gave it.
 LISTENING = r"listening on http://(?P<host>\S+):(?P<port>\d+): "
@@ -100,6 +101,10 @@ class Service:
             return status, json.loads(body)
         except ValueError:
             return status, body.decode(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the service's /metrics now (NaN if it has no such sample)."""
+        return metric(fetch(f"{self.url}/metrics")[1].decode(), name, **labels)
 
     def post_events(self, n: int, tag: str) -> int:
         """POST n events with session ids tag-0..; returns how many the service accepted."""
