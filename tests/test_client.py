@@ -17,12 +17,11 @@ import requests
 from ingest.api.app import create_app
 from ingest_client import Client
 
-from .harness.engine import count, count_rows
+from .harness.engine import break_storage, count, count_rows, repair_storage
 from .harness.events import event
 from .harness.ports import reserved_port
 from .harness.service import Service
 from .live import LostAnswers, serving
-from .test_delivery import _break_storage, _repair_storage
 
 
 def test_events_are_batched_and_delivered_with_their_fields(settings, ch, caplog):
@@ -70,7 +69,7 @@ def test_a_503_is_resent_after_retry_after_until_the_service_takes_it(settings, 
                                retry_max_seconds=0.2)
     with serving(create_app(full)) as url:
         requests.get(f"{url}/health", timeout=10)  # the table exists
-        _break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
+        break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
         assert requests.post(f"{url}/events", json=[event(session_id=f"fill-{i}") for i in range(5)],
                              timeout=10).status_code == 202
         client = Client(url, flush_interval=0.05, max_backoff=0.05)  # a backoff far shorter than Retry-After
@@ -79,7 +78,7 @@ def test_a_503_is_resent_after_retry_after_until_the_service_takes_it(settings, 
         assert client.flush(timeout=3.5) is False  # still refused: storage is down
         stats = client.stats
         assert stats.statuses == {503: stats.requests} and 3 <= stats.requests <= 5  # about one a second
-        _repair_storage(settings)
+        repair_storage(settings)
         assert client.flush(timeout=30) is True
         client.close()
         stats = client.stats

@@ -20,9 +20,9 @@ from ingest.api.server import HTTP_SHUTDOWN_SECONDS
 from ingest.config import ENV_VARS, Settings
 from ingest.delivery.pipeline import Pipeline
 
+from .harness.provisioning import grafana_provisioning_variables
 from .harness.tools import require_tool
 from .stack import ROOT, SECRETS, compose, docker_compose, env_example, environment, references, stack_env, volumes
-from .test_grafana_files import grafana_provisioning_variables
 
 SERVICES = {"clickhouse", "ingest", "grafana", "prometheus"}
 

@@ -10,7 +10,7 @@ from ingest.contract.events import COLUMNS, SCHEMA, Row, parse_timestamp
 from ingest.contract.validation import EventValidator
 
 from .harness.events import event
-from .test_events_api import PER_EVENT_ERRORS
+from .harness.refusals import PER_EVENT_ERRORS
 
 NOW = datetime(2026, 6, 15, 12, 0, 0, tzinfo=timezone.utc)
 

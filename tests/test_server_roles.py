@@ -21,7 +21,7 @@ from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.variables import dashboard_variables, substitute
 from ingest.storage.sink import failure_kind
 
-from . import test_panel_truth as truth
+from .harness import panel_truth as truth
 from .harness.events import iso
 from .server_users import ServerUsers, definer
 from .stack import ROOT, compose, environment, init_table_names, interpolate, stack_env

@@ -9,6 +9,7 @@ import gzip
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,14 +18,13 @@ from aiohttp import web
 from ingest.api.app import create_app
 
 from .cdp import Chromium
-from .harness.engine import count
+from .harness.engine import break_storage, count, repair_storage
 from .harness.events import event
 from .harness.polling import eventually
 from .harness.tools import require_tool
 from .live import LostAnswers, serving, serving_on
-from .test_delivery import _break_storage, _repair_storage
-from .test_docs import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "tracker-write-key-5c2e"
 DESKTOP = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 "
            "Safari/537.36")
@@ -221,7 +221,7 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
     async with shop(buffer_max_events=5, flush_events=5, flush_interval_seconds=0.2,
                     retry_max_seconds=0.2) as (origin, ingest, browser):
         requests.get(f"{ingest}/health", timeout=10)  # the table exists
-        _break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
+        break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
         assert requests.post(f"{ingest}/events", json=[event(session_id=f"fill-{i}") for i in range(5)],
                              timeout=10).status_code == 202
         full_answer = requests.post(f"{ingest}/events", json=[event()], timeout=10)
@@ -232,7 +232,7 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
         await asyncio.sleep(3)
         refusals = _answered(ingest, 503) - 3
         assert 1 <= refusals <= 5, refusals  # about one a second, as Retry-After says: no hammering
-        _repair_storage(settings)
+        repair_storage(settings)
         await eventually(lambda: count(ch, "session_id LIKE 's-%'") == 1, timeout=15)
         assert time.monotonic() - started < 10
         assert tab.exceptions() == []

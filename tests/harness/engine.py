@@ -8,9 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ingest.storage.sink import Sink
+
 
 def count(ch, where: str = "1") -> int:
     return ch.command(f"SELECT count() FROM events WHERE {where}")
+
+
+def break_storage(ch) -> None:
+    """A real insert failure: the table disappears (UNKNOWN_TABLE) until the schema is applied again."""
+    ch.command("DROP TABLE events SYNC")
+
+
+def repair_storage(settings) -> None:
+    """Apply the schema again, as the service's storage comes back after break_storage()."""
+    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
 
 
 def read_rows(data_dir: Path, database: str, sql: str, timeout: float = 120) -> list[list]:
