@@ -29,7 +29,12 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import REPO, demo_body, free_port, machine, print_table, rfc3339
+from _path import ROOT  # first: puts the repository root on sys.path, for ingest
+from bodies import demo_body
+from machine import machine
+from report import print_table
+
+from ingest.demo import rfc3339
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -99,8 +104,7 @@ async def service_main(args: argparse.Namespace) -> int:
 
     host = machine()  # before the load, so the load average tells what else was running
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    port = free_port()
-    settings = Settings(host="127.0.0.1", port=port, clickhouse_url=f"chdb://{work / 'chdb'}",
+    settings = Settings(host="127.0.0.1", port=0, clickhouse_url=f"chdb://{work / 'chdb'}",
                         wal_dir=str(work / "wal"), dead_letter_path=str(work / "dead-letter.jsonl"),
                         log_level="WARNING")
     app = create_app(settings)
@@ -109,7 +113,8 @@ async def service_main(args: argparse.Namespace) -> int:
     client_proc = None
     try:
         await runner.setup()  # opens storage and applies the schema
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0: the system picks a free one
+        [(_, port)] = runner.addresses
         ch = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
         body_path = work / "body.json"
         body_path.write_bytes(demo_body(args.events))
@@ -117,7 +122,7 @@ async def service_main(args: argparse.Namespace) -> int:
             [sys.executable, __file__, "--client", f"http://127.0.0.1:{port}/events", "--rps", str(args.rps),
              "--duration", str(args.duration), "--warmup", str(args.warmup), "--body", str(body_path),
              "--out", str(work / "load.json")],
-            cwd=REPO)
+            cwd=ROOT)
         freshness = await probe_freshness(ch, f"http://127.0.0.1:{port}/events", args, client_proc)
         if await asyncio.to_thread(client_proc.wait, timeout=args.warmup + args.duration + 120):
             raise RuntimeError(f"load client failed with {client_proc.returncode}")

@@ -28,14 +28,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
+from _path import ROOT  # first: puts the repository root on sys.path, for ingest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ingest.grafana.macros import QueryRange, expand  # noqa: E402
-from ingest.grafana.dashboard import load_dashboard, panel_queries, query_range  # noqa: E402
-from ingest.storage.sink import Sink  # noqa: E402
-from ingest.grafana.variables import ALL, dashboard_variables, substitute  # noqa: E402
+from ingest.grafana.dashboard import load_dashboard, panel_queries, query_range
+from ingest.grafana.macros import QueryRange, expand
+from ingest.grafana.variables import ALL, dashboard_variables, substitute
+from ingest.storage.sink import Sink
 
 DATABASE = "analytics"
 META = "bench-dataset.json"
