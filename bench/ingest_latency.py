@@ -81,7 +81,8 @@ async def open_loop(url: str, rps: float, duration: float, warmup: float, body: 
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
-    return {"latencies_ms": latencies, "accepted_latencies_ms": accepted_latencies, "statuses": statuses, "late_starts": late_starts, "elapsed": elapsed}
+    return {"latencies_ms": latencies, "accepted_latencies_ms": accepted_latencies, "statuses": statuses,
+            "late_starts": late_starts, "elapsed": elapsed}
 
 
 def client_main(args: argparse.Namespace) -> int:
@@ -94,12 +95,11 @@ def client_main(args: argparse.Namespace) -> int:
 
 # -- the service and the freshness probe (this process) ---------------------------------------------
 async def service_main(args: argparse.Namespace) -> int:
-    import aiohttp
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.cli.serve import tune_gc
     from ingest.api.app import METRICS, create_app
+    from ingest.cli.serve import tune_gc
     from ingest.config import Settings
 
     host = machine()  # before the load, so the load average tells what else was running
@@ -194,7 +194,7 @@ async def probe_freshness(ch, url: str, args: argparse.Namespace, client_proc) -
                    "AND timestamp = fromUnixTimestamp64Milli({ms:Int64}, 'UTC') AND session_id = {sid:String}")
             params = {"sid": sid, "ms": ms}
             while time.perf_counter() < deadline:
-                if await asyncio.to_thread(lambda: ch.query(sql, parameters=params).result_rows[0][0]):
+                if (await asyncio.to_thread(ch.query, sql, parameters=params)).result_rows[0][0]:
                     now = time.perf_counter()
                     sent_to_visible.append((now - sent) * 1000)
                     ack_to_visible.append((now - acked) * 1000)

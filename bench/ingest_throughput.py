@@ -108,7 +108,7 @@ def main() -> int:
             stopping = time.monotonic()
             service.stop()
             stop_seconds = time.monotonic() - stopping
-        line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH ")), None)
+        line = next((printed for printed in out.stdout.splitlines() if printed.startswith("BENCH ")), None)
         if line is None:
             print(out.stdout, out.stderr, file=sys.stderr)
             return 1
@@ -120,8 +120,9 @@ def main() -> int:
     seconds = r["duration_us"] / 1e6
     ms = lambda us: us / 1000  # noqa: E731
     print_table("machine", host)
+    body_bytes = body_path.stat().st_size if body_path.exists() else len(demo_body())
     print_table(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-                f"{EVENTS_PER_REQUEST} events per POST ({body_path.stat().st_size if body_path.exists() else len(demo_body())} bytes)", [
+                f"{EVENTS_PER_REQUEST} events per POST ({body_bytes} bytes)", [
         ("requests/s", r["requests"] / seconds),
         ("events/s acknowledged (202)", r["n202"] * EVENTS_PER_REQUEST / seconds),
         ("latency p50 ms", ms(r["p50"])), ("latency p90 ms", ms(r["p90"])), ("latency p99 ms", ms(r["p99"])),

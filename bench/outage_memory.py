@@ -37,8 +37,8 @@ async def run(args: argparse.Namespace) -> int:
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.cli.serve import tune_gc
     from ingest.api.app import PIPELINE, create_app
+    from ingest.cli.serve import tune_gc
     from ingest.config import Settings
     from ingest.storage.sink import Sink
 

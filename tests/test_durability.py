@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from ingest.contract.events import Row
 from ingest.delivery.buffer import Buffer
 from ingest.delivery.deadletter import DeadLetterFile
 from ingest.delivery.pipeline import Pipeline

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from .harness.engine import count
-from .harness.events import event, iso
+from .harness.events import event
 from .harness.polling import eventually
 from .harness.refusals import PER_EVENT_ERRORS
 
@@ -108,8 +108,8 @@ def _no_country(**fields):
 async def test_without_a_country_header_setting_events_without_a_country_are_stored_as_zz(make_client, ch):
     # Off by default: a header the client itself can send is not trusted.
     client = await make_client()
-    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
-                             headers={"CF-IPCountry": "FR"})
+    batch = [_no_country(session_id="none"), event(session_id="own", country_code="DE")]
+    resp = await client.post("/events", json=batch, headers={"CF-IPCountry": "FR"})
     assert resp.status == 202 and await resp.json() == {"accepted": 2, "rejected": []}
     await eventually(lambda: count(ch) == 2)
     assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
@@ -122,8 +122,8 @@ async def test_without_a_country_header_setting_events_without_a_country_are_sto
 async def test_a_configured_proxy_header_gives_events_without_a_country_theirs(make_client, ch, header, stored):
     client = await make_client(country_header="CF-IPCountry")
     headers = {} if header is None else {"cf-ipcountry": header}  # header names are case-insensitive
-    resp = await client.post("/events", json=[_no_country(session_id="none"), event(session_id="own", country_code="DE")],
-                             headers=headers)
+    batch = [_no_country(session_id="none"), event(session_id="own", country_code="DE")]
+    resp = await client.post("/events", json=batch, headers=headers)
     assert resp.status == 202 and (await resp.json())["accepted"] == 2
     await eventually(lambda: count(ch) == 2)
     # The event's own country wins: a backend sending on a visitor's behalf may know it.
@@ -154,7 +154,8 @@ WHOLE_REQUEST_ERRORS = [
     pytest.param(b"[" + b" " * 70_000 + b"]", {}, 413, "body_too_large", id="body-over-limit"),
     pytest.param(_gzip_bomb(), {"Content-Encoding": "gzip"}, 413, "body_too_large", id="gzip-bomb"),
     pytest.param(b"not gzip", {"Content-Encoding": "gzip"}, 400, "bad_gzip", id="not-gzip"),
-    pytest.param(orjson.dumps([event()]), {"Content-Encoding": "compress"}, 415, "unsupported_encoding", id="lzw-compress"),
+    pytest.param(orjson.dumps([event()]), {"Content-Encoding": "compress"}, 415, "unsupported_encoding",
+                 id="lzw-compress"),
     pytest.param(orjson.dumps([event()]), {"Content-Type": "application/x-www-form-urlencoded"}, 415,
                  "unsupported_media_type", id="form-content-type"),
     pytest.param(orjson.dumps([event()]), {"Content-Type": "application/json; charset=latin-1"}, 415,

@@ -187,7 +187,8 @@ def test_the_product_dashboard_filters_by_device_and_country_with_values_from_cl
         assert spec["refresh"] == 1 and spec["sort"] == 1
         # Values from the small daily rollup, not the raw events (cheap over the 90 days kept).
         sql = spec["query"]["rawSql"]
-        assert spec["query"]["queryType"] == "sql" and re.search(rf"SELECT DISTINCT {name} FROM segments_per_day\b", sql)
+        assert spec["query"]["queryType"] == "sql" and re.search(
+            rf"SELECT DISTINCT {name} FROM segments_per_day\b", sql)
         assert "FROM events" not in sql and f"ORDER BY {name}" in sql
 
 

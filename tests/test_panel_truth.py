@@ -51,7 +51,10 @@ def loaded(ch, settings):
     return events
 
 
-def run_panel(ch, title, qrange=QueryRange(F, T), selection="everyone"):
+ALIGNED = QueryRange(F, T)  # run_panel's default range
+
+
+def run_panel(ch, title, qrange=ALIGNED, selection="everyone"):
     """The panel's SQL as Grafana's frontend (template variables, their options loaded by their own queries) and
     the plugin's backend (macros) make it, run on the engine."""
     dashboard = load_dashboard()
@@ -129,7 +132,7 @@ def test_signup_funnel_counts_per_hour_and_conversion_without_division_by_zero(c
     expected = expected_funnel(loaded, keeps(selection), start, end)
     assert [r[:3] for r in got] == [r[:3] for r in expected]
     assert sum(r[1] for r in expected) > 0
-    for (_, _, _, got_pct), (hour, _, _, want_pct) in zip(got, expected):
+    for (_, _, _, got_pct), (hour, _, _, want_pct) in zip(got, expected, strict=True):
         assert (got_pct is None) == (want_pct is None), hour
         if want_pct is not None:
             assert got_pct == pytest.approx(want_pct)
@@ -153,7 +156,7 @@ def test_error_rate_is_percent_of_events_per_minute_with_gaps_for_empty_minutes(
     got = [(utc(t), v) for t, v in rows]
     expected = expected_error_rate(loaded, keeps(selection), start, end)
     assert [t for t, _ in got] == [t for t, _ in expected]
-    for (t, g), (_, want) in zip(got, expected):
+    for (t, g), (_, want) in zip(got, expected, strict=True):
         assert (g is None) == (want is None), t
         if want is not None:
             assert g == pytest.approx(want), t

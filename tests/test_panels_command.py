@@ -160,7 +160,7 @@ def test_the_panels_endpoint_answers_this_machine_only(make_client):
     from ingest.api.app import _from_this_machine
 
     for peer, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False), ("172.18.0.1", False)):
-        transport = type("T", (), {"get_extra_info": lambda self, name, default=None: (peer, 1234)})()
+        transport = type("T", (), {"get_extra_info": lambda self, name, default=None, peer=peer: (peer, 1234)})()
         assert _from_this_machine(make_mocked_request("GET", "/panels", transport=transport)) is local
 
 

@@ -51,7 +51,8 @@ def _head(length: int, content_type: str = "application/json", connection: str =
 
 
 def _body(events: int, pad: int = 0) -> bytes:
-    return json.dumps([event(session_id=f"slow-link-{i}", properties={"pad": "x" * pad}) for i in range(events)]).encode()
+    return json.dumps([event(session_id=f"slow-link-{i}", properties={"pad": "x" * pad})
+                       for i in range(events)]).encode()
 
 
 def _response(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
@@ -311,9 +312,9 @@ def test_many_stalled_uploads_are_closed_within_the_deadline_and_normal_clients_
         assert timed_out + evicted == SLOW, (timed_out, evicted)
         assert evicted >= SLOW - limit, (evicted, limit)
         print(f"\n{SLOW} stalled uploads, service limited to {OPEN_FILES} open files ({limit:.0f} connections), "
-              f"body deadline {body_timeout} s: closed {median:.2f} s (median), {worst:.2f} s (last) after sending their heads ({evicted:.0f} to make "
-              f"room, {timed_out:.0f} at the deadline, {len(answers)} read a 408); normal POST and /health "
-              f"during the flood: {during} in {answered_in:.2f} s, after: {after}")
+              f"body deadline {body_timeout} s: closed {median:.2f} s (median), {worst:.2f} s (last) after sending "
+              f"their heads ({evicted:.0f} to make room, {timed_out:.0f} at the deadline, {len(answers)} read a "
+              f"408); normal POST and /health during the flood: {during} in {answered_in:.2f} s, after: {after}")
         log = svc.output()
     assert log.count("connection limit reached") == 1, log[-3000:]
     assert "out of system resource" not in log and "cannot accept connections" not in log, log[-3000:]

@@ -1,4 +1,5 @@
-"""The browser tracker, served by the service at /tracker.js, in a real headless Chromium on a page of another origin."""
+"""The browser tracker, served by the service at /tracker.js, in a real headless Chromium on a page of another
+origin."""
 
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ PAGE = """<!doctype html><html><head><title>Shop</title><script>
 
 
 # docs/api.md's stub: calls made before the (deferred) tracker has run wait in window.ingest.q.
-STUB = next(line for line in (ROOT / "docs" / "api.md").read_text().splitlines() if line.startswith("<script>window.ingest")
-            ).removeprefix("<script>").removesuffix("</script>")
+STUB = next(line for line in (ROOT / "docs" / "api.md").read_text().splitlines()
+            if line.startswith("<script>window.ingest")).removeprefix("<script>").removesuffix("</script>")
 
 
 class Site:
@@ -85,7 +86,7 @@ def _rows(ch, where: str = "1") -> list[dict]:
     result = ch.query("SELECT event_name, toUnixTimestamp64Milli(timestamp), session_id, user_id, device_type, "
                       f"toString(country_code), properties FROM events WHERE {where} ORDER BY timestamp")
     names = ("event_name", "ms", "session_id", "user_id", "device_type", "country_code", "properties")
-    return [{**dict(zip(names, row)), "properties": json.loads(row[6])} for row in result.result_rows]
+    return [{**dict(zip(names, row, strict=True)), "properties": json.loads(row[6])} for row in result.result_rows]
 
 
 def _answered(ingest: str, status: int) -> int:
@@ -186,8 +187,8 @@ async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_
     assert click["event_name"] == "button_click" and click["user_id"] is None
     assert click["properties"] == {"button": "signup_cta", "cart": {"items": [{"sku": "A-1", "qty": 2}], "total": 30.5}}
     assert pricing["event_name"] == "page_view" and pricing["user_id"] == "u-42"
-    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop", "referrer": f"{origin}/shop/home?ref=ad&early",
-                                     "via": "beacon"}
+    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop",
+                                     "referrer": f"{origin}/shop/home?ref=ad&early", "via": "beacon"}
     assert feature["event_name"] == "feature_used" and feature["user_id"] == "u-42"
     assert feature["properties"] == {"feature": "export", "options": {"format": "csv"}, "via": "beacon"}
     now_ms = time.time() * 1000

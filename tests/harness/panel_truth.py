@@ -86,8 +86,8 @@ def build_events() -> list[tuple]:
     # f-edge, the feature used on the unaligned ends, is also used by 6 visitors of each segment inside both ranges,
     # so it ranks in every filter's top 10 and a wrong edge minute shows in its count.
     for i in range(6 * len(DEVICES) * len(COUNTRIES)):
-        events.append(event_row("feature_used", T - timedelta(hours=2) + i * 10 * 1000 * MS, f"s-f-edge-{i}", None, "f-edge",
-                          DEVICES[i % 4], COUNTRIES[i // 4 % 4]))
+        events.append(event_row("feature_used", T - timedelta(hours=2) + i * 10 * 1000 * MS, f"s-f-edge-{i}", None,
+                                "f-edge", DEVICES[i % 4], COUNTRIES[i // 4 % 4]))
     events += [
         event_row("signup_completed", NO_START_HOUR + timedelta(minutes=7), "s-late"),
         # Exactly on the range's ends: inside (the filter is inclusive at second precision); 1 ms out: outside.
@@ -97,7 +97,8 @@ def build_events() -> list[tuple]:
         event_row("page_view", T - timedelta(minutes=5), "s-window-out"),
         event_row("page_view", T - timedelta(minutes=5) + MS, "s-window-in"),
         # A tie in the ranking, broken alphabetically; anonymous users count once per session.
-        *[event_row("feature_used", T - timedelta(minutes=30), f"s-tie-{i}", f"tie-user-{i}", "zz_tied") for i in range(40)],
+        *[event_row("feature_used", T - timedelta(minutes=30), f"s-tie-{i}", f"tie-user-{i}", "zz_tied")
+          for i in range(40)],
         *[event_row("feature_used", T - timedelta(minutes=31), f"s-tie-{i}", None, "aa_tied") for i in range(39)],
         event_row("feature_used", T - timedelta(minutes=31), "s-tie-0", None, "aa_tied"),  # same session: no new user
         event_row("feature_used", T - timedelta(minutes=31), "s-tie-x", "tie-user-x", "aa_tied"),
