@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections import Counter, defaultdict
 
@@ -193,10 +192,9 @@ async def test_demo_backs_off_on_503_and_resends(aiohttp_client):
 
 
 async def test_unanswered_sends_count_as_failed_so_the_report_adds_up():
-    # A bound port that does not listen refuses connections; the drain bound cuts the retries short.
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        url = "http://127.0.0.1:%d" % closed.getsockname()[1]
+    # A held port refuses connections; the drain bound cuts the retries short.
+    with reserved_port() as port:
+        url = f"http://127.0.0.1:{port}"
         report = await demo.run(url, rate=20, duration=0.2, seed=3, max_attempts=3, drain_seconds=0.5)
     assert report.sent == 4 and report.accepted == 0
     assert report.failed == report.sent and report.retried > 0
