@@ -12,6 +12,7 @@ from ingest.storage.sink import Sink
 
 
 def count(ch, where: str = "1") -> int:
+    """Rows of events the test's own client sees, where the SQL condition holds."""
     return ch.command(f"SELECT count() FROM events WHERE {where}")
 
 

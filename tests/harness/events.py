@@ -7,6 +7,7 @@ from typing import Any
 
 
 def iso(dt: datetime) -> str:
+    """An aware datetime as the API's timestamps are written: RFC 3339, UTC as Z."""
     return dt.isoformat().replace("+00:00", "Z")
 
 

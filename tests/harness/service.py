@@ -67,6 +67,7 @@ class Service:
 
     @property
     def url(self) -> str:
+        """The service's base URL (loopback, the port it logged)."""
         if self.port is None:
             raise AssertionError("the service's port is known once wait_healthy() has read it from the log")
         return f"http://127.0.0.1:{self.port}"
@@ -92,6 +93,7 @@ class Service:
             time.sleep(0.1)
 
     def wait_exit(self, timeout: float = 60) -> int:
+        """Its exit code, once it has exited by itself (a refused start, a kill from outside)."""
         return self.proc.wait(timeout=timeout)
 
     def get(self, path: str) -> tuple[int, Any]:
@@ -118,6 +120,7 @@ class Service:
         return json.loads(body)["accepted"]
 
     def kill(self) -> None:
+        """SIGKILL, as a crash: no flush, no cleanup."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
