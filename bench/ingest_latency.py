@@ -29,7 +29,12 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import REPO, demo_body, free_port, machine, print_table, rfc3339
+from _path import ROOT  # first: puts the repository root on sys.path, for ingest
+from bodies import demo_body
+from machine import machine
+from report import print_table
+
+from ingest.demo import rfc3339
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -76,7 +81,8 @@ async def open_loop(url: str, rps: float, duration: float, warmup: float, body: 
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
-    return {"latencies_ms": latencies, "accepted_latencies_ms": accepted_latencies, "statuses": statuses, "late_starts": late_starts, "elapsed": elapsed}
+    return {"latencies_ms": latencies, "accepted_latencies_ms": accepted_latencies, "statuses": statuses,
+            "late_starts": late_starts, "elapsed": elapsed}
 
 
 def client_main(args: argparse.Namespace) -> int:
@@ -89,18 +95,16 @@ def client_main(args: argparse.Namespace) -> int:
 
 # -- the service and the freshness probe (this process) ---------------------------------------------
 async def service_main(args: argparse.Namespace) -> int:
-    import aiohttp
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.cli.serve import tune_gc
     from ingest.api.app import METRICS, create_app
+    from ingest.cli.serve import tune_gc
     from ingest.config import Settings
 
     host = machine()  # before the load, so the load average tells what else was running
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    port = free_port()
-    settings = Settings(host="127.0.0.1", port=port, clickhouse_url=f"chdb://{work / 'chdb'}",
+    settings = Settings(host="127.0.0.1", port=0, clickhouse_url=f"chdb://{work / 'chdb'}",
                         wal_dir=str(work / "wal"), dead_letter_path=str(work / "dead-letter.jsonl"),
                         log_level="WARNING")
     app = create_app(settings)
@@ -109,7 +113,8 @@ async def service_main(args: argparse.Namespace) -> int:
     client_proc = None
     try:
         await runner.setup()  # opens storage and applies the schema
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0: the system picks a free one
+        [(_, port)] = runner.addresses
         ch = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
         body_path = work / "body.json"
         body_path.write_bytes(demo_body(args.events))
@@ -117,7 +122,7 @@ async def service_main(args: argparse.Namespace) -> int:
             [sys.executable, __file__, "--client", f"http://127.0.0.1:{port}/events", "--rps", str(args.rps),
              "--duration", str(args.duration), "--warmup", str(args.warmup), "--body", str(body_path),
              "--out", str(work / "load.json")],
-            cwd=REPO)
+            cwd=ROOT)
         freshness = await probe_freshness(ch, f"http://127.0.0.1:{port}/events", args, client_proc)
         if await asyncio.to_thread(client_proc.wait, timeout=args.warmup + args.duration + 120):
             raise RuntimeError(f"load client failed with {client_proc.returncode}")
@@ -189,7 +194,7 @@ async def probe_freshness(ch, url: str, args: argparse.Namespace, client_proc) -
                    "AND timestamp = fromUnixTimestamp64Milli({ms:Int64}, 'UTC') AND session_id = {sid:String}")
             params = {"sid": sid, "ms": ms}
             while time.perf_counter() < deadline:
-                if await asyncio.to_thread(lambda: ch.query(sql, parameters=params).result_rows[0][0]):
+                if (await asyncio.to_thread(ch.query, sql, parameters=params)).result_rows[0][0]:
                     now = time.perf_counter()
                     sent_to_visible.append((now - sent) * 1000)
                     ack_to_visible.append((now - acked) * 1000)

@@ -1,6 +1,6 @@
 """Closed-loop saturation: how many events/s `python -m ingest serve` takes from wrk, and are they all stored.
 
-Starts the service as a subprocess (embedded engine on a temp dir, free port), POSTs one valid
+Starts the service as a subprocess (embedded engine on a temp dir, a port it picks), POSTs one valid
 500-event body (from the demo generator) as fast as wrk's connections allow, then reads /metrics,
 stops the service with SIGTERM (it flushes), and counts the rows from a fresh process, since the
 embedded path opens in one process at a time. Prints events/s, latency percentiles, the service's
@@ -22,7 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Service, count_rows, cpu_seconds, demo_body, free_port, http, machine, metric, print_table
+from _path import ROOT  # first: puts the repository root on sys.path, for tests.harness
+from bodies import demo_body
+from machine import cpu_seconds, machine
+from report import print_table
+
+from tests.harness.engine import count_rows
+from tests.harness.metrics import metric
+from tests.harness.service import Service, fetch
 
 EVENTS_PER_REQUEST = 500
 
@@ -69,10 +76,13 @@ def main() -> int:
         body_path, lua_path = work / "body.json", work / "post.lua"
         body_path.write_bytes(demo_body(EVENTS_PER_REQUEST))
         lua_path.write_text(LUA % {"body": body_path})
-        data_dir = str(work / "chdb")
-        with Service(data_dir, free_port()) as service:
-            service.wait_ready()
-            status, answer = http(service.url + "/events", body_path.read_bytes())
+        data_dir = work / "chdb"
+        # cwd: `python -m ingest` from this checkout. Its state (data, log, WAL) stays in the work directory.
+        with Service(ROOT, log=work / "service.log", CLICKHOUSE_URL=f"chdb://{data_dir}",
+                     CLICKHOUSE_DATABASE="analytics", INGEST_WAL_DIR=str(work / "wal"),
+                     INGEST_DEAD_LETTER_PATH=str(work / "dead-letter.jsonl")) as service:
+            service.wait_healthy()
+            status, answer = fetch(service.url + "/events", body_path.read_bytes())
             if status != 202 or json.loads(answer)["accepted"] != EVENTS_PER_REQUEST:
                 print(f"the body was not accepted whole: {status} {answer[:300]!r}", file=sys.stderr)
                 return 1
@@ -85,31 +95,34 @@ def main() -> int:
             # acknowledged count is final before it is compared with the stored rows.
             metrics, previous = "", None
             while True:
-                metrics = http(service.url + "/metrics")[1].decode()
-                answered = metric(metrics, 'ingest_http_requests_total{route="/events",status="202"}')
+                metrics = fetch(service.url + "/metrics")[1].decode()
+                answered = metric(metrics, "ingest_http_requests_total", route="/events", status="202")
                 if answered == previous:
                     break
                 previous = answered
                 time.sleep(1.0)
             accepted_metric = int(metric(metrics, "ingest_events_accepted_total"))
-            acknowledged = int(metric(metrics, 'ingest_http_requests_total{route="/events",status="202"}'))
+            acknowledged = int(metric(metrics, "ingest_http_requests_total", route="/events", status="202"))
             acknowledged *= EVENTS_PER_REQUEST
             stored_before_stop = int(metric(metrics, "ingest_events_stored_total"))
-            stop_seconds = service.stop()
-        line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH ")), None)
+            stopping = time.monotonic()
+            service.stop()
+            stop_seconds = time.monotonic() - stopping
+        line = next((printed for printed in out.stdout.splitlines() if printed.startswith("BENCH ")), None)
         if line is None:
             print(out.stdout, out.stderr, file=sys.stderr)
             return 1
         r = json.loads(line[len("BENCH "):])
-        stored = count_rows(data_dir)
+        stored = count_rows(data_dir, "analytics")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     seconds = r["duration_us"] / 1e6
     ms = lambda us: us / 1000  # noqa: E731
     print_table("machine", host)
+    body_bytes = body_path.stat().st_size if body_path.exists() else len(demo_body())
     print_table(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-                f"{EVENTS_PER_REQUEST} events per POST ({body_path.stat().st_size if body_path.exists() else len(demo_body())} bytes)", [
+                f"{EVENTS_PER_REQUEST} events per POST ({body_bytes} bytes)", [
         ("requests/s", r["requests"] / seconds),
         ("events/s acknowledged (202)", r["n202"] * EVENTS_PER_REQUEST / seconds),
         ("latency p50 ms", ms(r["p50"])), ("latency p90 ms", ms(r["p90"])), ("latency p99 ms", ms(r["p99"])),

@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import demo_body, free_port, machine, print_table
+import _path  # noqa: F401 - first: puts the repository root on sys.path, for ingest
+from bodies import demo_body
+from machine import machine
+from report import print_table
 
 
 def rss_mib() -> float:
@@ -34,27 +37,27 @@ async def run(args: argparse.Namespace) -> int:
     import clickhouse_connect
     from aiohttp import web
 
-    from ingest.cli.serve import tune_gc
     from ingest.api.app import PIPELINE, create_app
+    from ingest.cli.serve import tune_gc
     from ingest.config import Settings
     from ingest.storage.sink import Sink
 
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
-    port = free_port()
-    settings = Settings(host="127.0.0.1", port=port, clickhouse_url=f"chdb://{work / 'chdb'}",
+    settings = Settings(host="127.0.0.1", port=0, clickhouse_url=f"chdb://{work / 'chdb'}",
                         wal_dir=str(work / "wal"), dead_letter_path=str(work / "dead-letter.jsonl"),
                         buffer_max_events=args.cap, retry_max_seconds=1.0, log_level="ERROR")
     app = create_app(settings)
     tune_gc()
     runner = web.AppRunner(app, access_log=None)
     body = demo_body(500)
-    url = f"http://127.0.0.1:{port}/events"
     samples: list[float] = []
     accepted = refused = 0
     try:
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0: the system picks a free one
+        [(_, port)] = runner.addresses
+        url = f"http://127.0.0.1:{port}/events"
         ch = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
         baseline = rss_mib()
         ch.command("DROP TABLE events SYNC")  # storage is "down" from here on

@@ -1,8 +1,9 @@
 """Slow clients: stalled uploads against the service held to a container's usual open-files limit.
 
 `--connections` clients (`--rate` a second) each send a POST /events head and then trickle its body, a byte a second,
-for `--seconds`; meanwhile one normal client posts a one-event body every 0.25 s. The service runs as `python -m ingest serve` with
-its default settings (deadlines included) unless told otherwise, limited to `--open-files` open files. Prints when
+for `--seconds`; meanwhile one normal client posts a one-event body every 0.25 s. The service runs as
+`python -m ingest serve` with its default settings (deadlines included) unless told otherwise, limited to
+`--open-files` open files. Prints when
 the service closed the stalled connections and what the normal client saw. Issue 15 measured main this way: 1,000
 stalled uploads all still open after 60 s, and with 1,100 every normal POST failed for the whole 60 s.
 
@@ -21,8 +22,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
-from harness import Service, demo_body, free_port, http, machine, metric, print_table
+from _path import ROOT  # first: puts the repository root on sys.path, for tests.harness
+from bodies import demo_body
+from machine import machine
+from report import print_table
+
+from tests.harness.metrics import metric
+from tests.harness.service import Service, fetch
 
 HEAD = (b"POST /events HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100000\r\n\r\n[")
@@ -46,7 +54,7 @@ def stalled_uploads(port: int, count: int, rate: float, seconds: float) -> tuple
             sock.connect_ex(("127.0.0.1", port))
             sel.register(sock, selectors.EVENT_WRITE)
             opened += 1
-        for key, events in sel.select(0.01):
+        for key, _ in sel.select(0.01):
             sock = key.fileobj
             if sock not in head_sent:
                 head_sent[sock] = time.monotonic()
@@ -87,7 +95,7 @@ def normal_client(url: str, stop: threading.Event, seen: list) -> None:
     while not stop.is_set():
         started = time.monotonic()
         try:
-            status = http(f"{url}/events", body, timeout=5)[0]
+            status = fetch(f"{url}/events", body, timeout=5)[0]
         except OSError as exc:
             status = type(exc).__name__
         seen.append((status, time.monotonic() - started))
@@ -108,17 +116,20 @@ def main() -> int:
     print_table("machine", machine())
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(item.split("=", 1) for item in args.env)
-        with Service(f"{tmp}/data", free_port(), {"INGEST_LOG_LEVEL": "INFO", "INGEST_WAL_DIR": f"{tmp}/wal", **env},
-                     open_files=args.open_files) as svc:
-            svc.wait_ready()
+        # cwd: `python -m ingest` from this checkout. Its state (data, log, WAL) stays in the temporary directory.
+        with Service(ROOT, log=Path(tmp) / "service.log", open_files=(args.open_files, args.open_files),
+                     **{"CLICKHOUSE_URL": f"chdb://{tmp}/data", "CLICKHOUSE_DATABASE": "analytics",
+                        "INGEST_WAL_DIR": f"{tmp}/wal", "INGEST_DEAD_LETTER_PATH": f"{tmp}/dead-letter.jsonl",
+                        **env}) as svc:
+            svc.wait_healthy()
             stop, seen = threading.Event(), []
             client = threading.Thread(target=normal_client, args=(svc.url, stop, seen), daemon=True)
             client.start()
             result, still_open = stalled_uploads(svc.port, args.connections, args.rate, args.seconds)
             stop.set()
             client.join(10)
-            text = http(f"{svc.url}/metrics")[1].decode()
-        log = svc.log_path.read_text()
+            text = fetch(f"{svc.url}/metrics")[1].decode()
+        log = svc.output()
         if args.show_log:
             print(log)
     closes = sorted(result["closed"].values())
@@ -136,9 +147,9 @@ def main() -> int:
         ("seconds from head to close: min", closes[0] if closes else float("nan")),
         ("seconds from head to close: median", statistics.median(closes) if closes else float("nan")),
         ("seconds from head to close: max", closes[-1] if closes else float("nan")),
-        ("refused: body_timeout", int(metric(text, 'ingest_slow_clients_refused_total{reason="body_timeout"}'))),
-        ("refused: evicted", int(metric(text, 'ingest_slow_clients_refused_total{reason="evicted"}'))),
-        ("refused: header_timeout", int(metric(text, 'ingest_slow_clients_refused_total{reason="header_timeout"}'))),
+        ("refused: body_timeout", int(metric(text, "ingest_slow_clients_refused_total", reason="body_timeout"))),
+        ("refused: evicted", int(metric(text, "ingest_slow_clients_refused_total", reason="evicted"))),
+        ("refused: header_timeout", int(metric(text, "ingest_slow_clients_refused_total", reason="header_timeout"))),
         ("new connections refused (every open one busy)", int(metric(text, "ingest_connections_refused_total"))),
         ("normal client: requests", len(seen)),
         ("normal client: 202", len(ok)),

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .support import require_tool
+from .harness.tools import require_tool
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]

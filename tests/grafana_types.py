@@ -20,8 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .harness.tools import require_tool
 from .stack import compose
-from .support import require_tool
 
 # The compiler @grafana/schema 12.4.11 is built with (its package.json devDependencies); a test keeps them equal.
 TYPESCRIPT = "5.9.2"

@@ -8,7 +8,8 @@ pickle {"data", "config", "database", "steps"}; each step is one of
 - ("ingest", events, token): the events as the service takes them: validated by ingest.contract.validation, inserted by
   ingest.storage.sink.Sink (with the settings it sends) into the events table;
 - ("stored_inserts", batch, events): which inserts of a batch storage holds (Sink.stored_inserts, after a crash);
-- ("repair", token, first_ms, last_ms): the rollups made to hold what that insert stored (ingest.storage.rollups.repair);
+- ("repair", token, first_ms, last_ms): the rollups made to hold what that insert stored
+  (ingest.storage.rollups.repair);
 - ("ping",): the service's storage health check (Sink.ping);
 - ("rename_own_definer", user): every view of the database whose definer is this process's own user gets `user`
   as its definer instead (tests/server_users.py says why).

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import orjson
-
 import pytest
 
 from ingest.api.access import Origins, WriteKeys, presented_key
 from ingest.config import ConfigError, Settings
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 KEY = "wk_live_3f9c2a7e51b04d8e"
 

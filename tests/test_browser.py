@@ -1,4 +1,5 @@
-"""A real browser (headless Chromium) on another origin sends events with fetch and sendBeacon; a disallowed origin cannot."""
+"""A real browser (headless Chromium) on another origin sends events with fetch and sendBeacon; a disallowed origin
+cannot."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
+from .harness.engine import count
+from .harness.tools import require_tool
 from .live import SlowLink, serving, serving_on
-from .support import count, require_tool
 
 KEY = "browser-write-key-7d1e"
 
@@ -25,8 +27,9 @@ PAGE = """<!doctype html><html><body><pre id="result">pending</pre><script>
 const cfg = JSON.parse(new URLSearchParams(location.search).get("cfg"));
 const tag = location.port;
 function ev(session) {
-  return {event_name: "page_view", timestamp: new Date(Date.now() - 1000).toISOString(), session_id: session + "-" + tag,
-          user_id: null, device_type: "desktop", country_code: "ZZ", properties: {path: location.pathname}};
+  return {event_name: "page_view", timestamp: new Date(Date.now() - 1000).toISOString(),
+          session_id: session + "-" + tag, user_id: null, device_type: "desktop", country_code: "ZZ",
+          properties: {path: location.pathname}};
 }
 async function main() {
   const out = {};

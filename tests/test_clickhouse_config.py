@@ -14,8 +14,8 @@ import clickhouse_connect
 import pytest
 import yaml
 
-from ingest.storage.rollups import defined_rollups
 from ingest.storage.ddl import ddl_files, statements
+from ingest.storage.rollups import defined_rollups
 
 from .stack import ROOT, SECRETS, compose, environment, init_table_names, stack_env
 
@@ -93,7 +93,8 @@ GRANT = re.compile(r"GRANT (?P<privilege>[A-Z ]+)(?:\((?P<columns>[\w, ]+)\))? O
 
 def test_ingest_may_insert_and_read_only_what_checking_its_inserts_needs():
     """INSERT into the analytics database (events, and rollups on a repair); SELECT of exactly what the check after
-    a crash reads (ingest.storage.sink.Sink.stored_inserts, ingest.storage.rollups.repair), never the events' content."""
+    a crash reads (ingest.storage.sink.Sink.stored_inserts, ingest.storage.rollups.repair), never the events'
+    content."""
     database = clickhouse_env()["CLICKHOUSE_DB"]
     parsed = [GRANT.fullmatch(g) for g in grants("ingest")]
     assert all(parsed), grants("ingest")
@@ -270,8 +271,9 @@ def test_system_log_ttls_are_valid_expressions(engine):
     root = ET.parse(CONFIG_D / "logs.xml").getroot()
     for element in root:
         if element.findtext("ttl"):
-            client.command("SELECT formatQuery(%(q)s)",
-                           parameters={"q": f"CREATE TABLE t (event_date Date) ENGINE = MergeTree ORDER BY tuple() TTL {element.findtext('ttl')}"})
+            create = ("CREATE TABLE t (event_date Date) ENGINE = MergeTree ORDER BY tuple() "
+                      f"TTL {element.findtext('ttl')}")
+            client.command("SELECT formatQuery(%(q)s)", parameters={"q": create})
 
 
 def test_compose_mounts_exactly_these_directories():

@@ -17,10 +17,11 @@ import requests
 from ingest.api.app import create_app
 from ingest_client import Client
 
+from .harness.engine import break_storage, count, count_rows, repair_storage
+from .harness.events import event
+from .harness.ports import reserved_port
+from .harness.service import Service
 from .live import LostAnswers, serving
-from .processes import Service, count_rows, free_port
-from .support import count, event
-from .test_delivery import _break_storage, _repair_storage
 
 
 def test_events_are_batched_and_delivered_with_their_fields(settings, ch, caplog):
@@ -68,7 +69,7 @@ def test_a_503_is_resent_after_retry_after_until_the_service_takes_it(settings, 
                                retry_max_seconds=0.2)
     with serving(create_app(full)) as url:
         requests.get(f"{url}/health", timeout=10)  # the table exists
-        _break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
+        break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
         assert requests.post(f"{url}/events", json=[event(session_id=f"fill-{i}") for i in range(5)],
                              timeout=10).status_code == 202
         client = Client(url, flush_interval=0.05, max_backoff=0.05)  # a backoff far shorter than Retry-After
@@ -77,7 +78,7 @@ def test_a_503_is_resent_after_retry_after_until_the_service_takes_it(settings, 
         assert client.flush(timeout=3.5) is False  # still refused: storage is down
         stats = client.stats
         assert stats.statuses == {503: stats.requests} and 3 <= stats.requests <= 5  # about one a second
-        _repair_storage(settings)
+        repair_storage(settings)
         assert client.flush(timeout=30) is True
         client.close()
         stats = client.stats
@@ -103,6 +104,14 @@ def test_a_batch_whose_answer_was_lost_is_sent_again_and_stored_once(settings, c
     assert count(ch) == 10 and ch.command("SELECT uniqExact(session_id) FROM events") == 10
 
 
+@pytest.fixture
+def port():
+    """The client's one address: refused while the service is down, the service's while it runs (it is started on
+    this port, again after a restart)."""
+    with reserved_port() as reserved:
+        yield reserved
+
+
 def _service(tmp_path, port: int) -> Service:
     return Service(tmp_path, INGEST_PORT=str(port), CLICKHOUSE_URL=f"chdb://{tmp_path / 'data'}",
                    CLICKHOUSE_DATABASE="client", INGEST_WAL_DIR=str(tmp_path / "wal"),
@@ -111,8 +120,7 @@ def _service(tmp_path, port: int) -> Service:
 
 
 @pytest.mark.slow
-def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back(tmp_path):
-    port = free_port()
+def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back(tmp_path, port):
     service = _service(tmp_path, port).wait_healthy()
     client = Client(f"http://127.0.0.1:{port}", flush_interval=0.05, max_backoff=0.3)
     try:
@@ -136,8 +144,7 @@ def test_events_tracked_while_the_service_restarts_are_delivered_once_it_is_back
 
 
 @pytest.mark.slow
-def test_the_queue_is_bounded_while_the_service_is_down_dropping_the_oldest(tmp_path):
-    port = free_port()
+def test_the_queue_is_bounded_while_the_service_is_down_dropping_the_oldest(tmp_path, port):
     client = Client(f"http://127.0.0.1:{port}", batch_size=10, max_queue=50, flush_interval=0.05, max_backoff=0.2)
     for i in range(200):
         client.track("page_view", session_id=f"q-{i:03d}")

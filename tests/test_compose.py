@@ -19,10 +19,10 @@ import yaml
 from ingest.api.server import HTTP_SHUTDOWN_SECONDS
 from ingest.config import ENV_VARS, Settings
 from ingest.delivery.pipeline import Pipeline
-from .test_grafana_files import grafana_provisioning_variables
-from .stack import (ROOT, SECRETS, compose, docker_compose, env_example, environment, references,
-                         stack_env, volumes)
-from .support import require_tool
+
+from .harness.provisioning import grafana_provisioning_variables
+from .harness.tools import require_tool
+from .stack import ROOT, SECRETS, compose, docker_compose, env_example, environment, references, stack_env, volumes
 
 SERVICES = {"clickhouse", "ingest", "grafana", "prometheus"}
 
@@ -200,7 +200,8 @@ def test_compose_defaults_are_the_ingest_services_defaults():
     for name, op, default in references():
         if name in by_env and op == ":-":
             expected = getattr(defaults, by_env[name])
-            assert type(expected)(default) == expected, f"{name}: compose default {default!r}, service default {expected!r}"
+            assert type(expected)(default) == expected, \
+                f"{name}: compose default {default!r}, service default {expected!r}"
             passed += 1
     assert passed >= 7
 
@@ -269,7 +270,8 @@ def test_dashboards_target_the_pinned_plugin_version(dashboard):
         pytest.skip("no dashboards in grafana/dashboards yet")
     pinned = re.search(r"grafana-clickhouse-datasource@(\S+)", (ROOT / "docker-compose.yml").read_text())[1]
     text = dashboard.read_text()
-    versions = set(re.findall(r'"pluginVersion"\s*:\s*"([^"]+)"', text)) if "grafana-clickhouse-datasource" in text else set()
+    versions = (set(re.findall(r'"pluginVersion"\s*:\s*"([^"]+)"', text))
+                if "grafana-clickhouse-datasource" in text else set())
     # Panels of other datasources carry Grafana's own version; only ClickHouse targets name the plugin's.
     clickhouse_versions = {v for v in versions if v.startswith("4.")}
     assert clickhouse_versions <= {pinned}, f"{dashboard.name} targets {clickhouse_versions}, compose pins {pinned}"

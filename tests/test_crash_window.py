@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from .crash_point import KillAt, stored, table_dir
-from .processes import Service
-from .support import event, require_tool
+from .harness.events import event
+from .harness.service import Service
+from .harness.tools import require_tool
 
 pytestmark = pytest.mark.slow
 EVENTS = 300

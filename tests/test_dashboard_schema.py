@@ -117,8 +117,8 @@ MISTAKES: dict[str, tuple[Callable[[dict], Any], str]] = {
                       "product-analytics.json panel 4 (timeseries) custom"),
     "barAlignment 5": (lambda d: _panel(d, "Signup funnel")["fieldConfig"]["defaults"]["custom"].update(barAlignment=5),
                        "product-analytics.json panel 2 (timeseries) custom"),
-    "override value": (lambda d: _override(d, "Signup funnel", "conversion_pct", "custom.drawStyle").update(value="bar"),
-                       "product-analytics.json panel 2 (timeseries) override conversion_pct custom.drawStyle"),
+    "override value": (lambda d: _override(d, "Signup funnel", "conversion_pct", "custom.drawStyle").update(
+        value="bar"), "product-analytics.json panel 2 (timeseries) override conversion_pct custom.drawStyle"),
     "override id": (lambda d: _override(d, "Signup funnel", "conversion_pct", "custom.axisPlacement").update(
         id="custom.axisPlacment"), "product-analytics.json panel 2 (timeseries) override conversion_pct "
                                    "custom.axisPlacment"),

@@ -6,16 +6,9 @@ import asyncio
 
 from ingest.storage.sink import Sink
 
-from .support import count, event, eventually
-
-
-def _break_storage(ch) -> None:
-    """A real insert failure: the table disappears (UNKNOWN_TABLE) until the schema is applied again."""
-    ch.command("DROP TABLE events SYNC")
-
-
-def _repair_storage(settings) -> None:
-    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
+from .harness.engine import break_storage, count, repair_storage
+from .harness.events import event
+from .harness.polling import eventually
 
 
 async def test_a_full_batch_is_flushed_without_waiting_for_the_interval(make_client, ch):
@@ -48,7 +41,7 @@ async def test_a_failed_insert_is_retried_until_it_lands_exactly_once(make_clien
     client = await make_client(flush_interval_seconds=0.05, retry_max_seconds=0.2)
     health = await client.get("/health")
     assert health.status == 200
-    _break_storage(ch)
+    break_storage(ch)
     await client.post("/events", json=[event(session_id=f"s{i}") for i in range(5)])
 
     async def failing_twice():
@@ -60,7 +53,7 @@ async def test_a_failed_insert_is_retried_until_it_lands_exactly_once(make_clien
     assert "UNKNOWN_TABLE" in body["last_flush"]["error"] or "events" in body["last_flush"]["error"]
     assert body["buffer"]["events"] == 5
 
-    _repair_storage(settings)
+    repair_storage(settings)
     await eventually(lambda: count(ch) == 5, timeout=5)
     await asyncio.sleep(0.3)  # a duplicate insert would show up by now
     assert count(ch) == 5
@@ -72,7 +65,7 @@ async def test_a_full_buffer_answers_503_and_loses_nothing_it_accepted(make_clie
     client = await make_client(buffer_max_events=20, flush_events=10, flush_interval_seconds=0.05,
                                retry_max_seconds=0.1)
     await client.get("/health")  # the table exists
-    _break_storage(ch)
+    break_storage(ch)
     accepted, statuses = 0, []
     for i in range(8):
         resp = await client.post("/events", json=[event(session_id=f"r{i}-{j}") for j in range(4)])
@@ -87,7 +80,7 @@ async def test_a_full_buffer_answers_503_and_loses_nothing_it_accepted(make_clie
     health = await client.get("/health")
     assert health.status == 503 and "buffer full" in (await health.json())["problems"]
 
-    _repair_storage(settings)
+    repair_storage(settings)
     await eventually(lambda: count(ch) == 20, timeout=5)
     assert ch.command("SELECT uniqExact(session_id) FROM events") == 20  # no duplicates either
     # Room again: the service takes new events.

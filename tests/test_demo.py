@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections import Counter, defaultdict
 
@@ -14,8 +13,10 @@ from ingest import demo
 from ingest.contract.events import Row
 from ingest.contract.validation import EventValidator
 
-from .processes import command, free_port
-from .support import count, eventually
+from .harness.engine import count
+from .harness.polling import eventually
+from .harness.ports import reserved_port
+from .harness.service import command
 
 NOW = time.time()
 STAMP = demo.rfc3339(NOW)
@@ -128,8 +129,9 @@ def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, words):
 def test_a_dead_server_fails_fast_with_the_reason(tmp_path):
     import time
 
-    started = time.monotonic()
-    result = command(["demo", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "60"], tmp_path, timeout=60)
+    with reserved_port() as port:  # held, so nothing can answer there
+        started = time.monotonic()
+        result = command(["demo", "--url", f"http://127.0.0.1:{port}", "--duration", "60"], tmp_path, timeout=60)
     assert result.returncode == 1 and time.monotonic() - started < 15
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert "no ingest service answers" in result.stderr and "python -m ingest serve" in result.stderr
@@ -190,10 +192,9 @@ async def test_demo_backs_off_on_503_and_resends(aiohttp_client):
 
 
 async def test_unanswered_sends_count_as_failed_so_the_report_adds_up():
-    # A bound port that does not listen refuses connections; the drain bound cuts the retries short.
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        url = "http://127.0.0.1:%d" % closed.getsockname()[1]
+    # A held port refuses connections; the drain bound cuts the retries short.
+    with reserved_port() as port:
+        url = f"http://127.0.0.1:{port}"
         report = await demo.run(url, rate=20, duration=0.2, seed=3, max_attempts=3, drain_seconds=0.5)
     assert report.sent == 4 and report.accepted == 0
     assert report.failed == report.sent and report.retried > 0

@@ -8,14 +8,17 @@ import signal
 
 import pytest
 
+from ingest.contract.events import Row
 from ingest.delivery.buffer import Buffer
 from ingest.delivery.deadletter import DeadLetterFile
-from ingest.metrics import Metrics
 from ingest.delivery.pipeline import Pipeline
-from ingest.storage.sink import Sink
 from ingest.delivery.wal import WriteAheadLog, decode, encode
+from ingest.metrics import Metrics
+from ingest.storage.sink import Sink
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 def rows(n: int, tag: str) -> list[tuple]:

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from .support import event
-from .test_process import _free_port
+from .harness.engine import read_rows
+from .harness.events import event
+from .harness.ports import reserved_port
+from .harness.service import Service
 
 pytestmark = pytest.mark.slow
 KILLS = 10
-
-
-def _start(env: dict, cwd: Path) -> subprocess.Popen:
-    # The services' logs go to one file, shown if the test fails (a loss must be diagnosable from CI's output).
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=env, cwd=cwd,
-                            stdout=open(cwd / "services.log", "ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{env['INGEST_PORT']}/health", timeout=2):
-                return proc
-        except (OSError, urllib.error.HTTPError):
-            assert proc.poll() is None, "service exited during startup"
-            assert time.monotonic() < deadline, "service did not start"
-            time.sleep(0.1)
 
 
 class Load:
@@ -78,41 +60,39 @@ class Load:
             t.join(timeout=30)
 
 
-def _stored_ids(data_dir: Path) -> list[str]:
-    code = ("import clickhouse_connect, json, sys; c = clickhouse_connect.get_client(dsn=sys.argv[1], "
-            "database='faults'); print(json.dumps([r[0] for r in c.query('SELECT session_id FROM events')"
-            ".result_rows]))")
-    out = subprocess.run([sys.executable, "-c", code, f"chdb://{data_dir}"], capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout)
+@pytest.fixture
+def port():
+    """The load's one address across the restarts: refused while no service runs, each new service's once it does."""
+    with reserved_port() as reserved:
+        yield reserved
 
 
-def test_every_acknowledged_event_survives_repeated_kill_9_exactly_once(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(port),
-           "CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}", "CLICKHOUSE_DATABASE": "faults",
-           "INGEST_FLUSH_INTERVAL_SECONDS": "0.3", "INGEST_FLUSH_EVENTS": "500"}
+def test_every_acknowledged_event_survives_repeated_kill_9_exactly_once(tmp_path, port):
+    env = {"CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}", "CLICKHOUSE_DATABASE": "faults",
+           "INGEST_PORT": str(port), "INGEST_FLUSH_INTERVAL_SECONDS": "0.3", "INGEST_FLUSH_EVENTS": "500"}
+    # The services' logs go to one file, shown if the test fails (a loss must be diagnosable from CI's output).
+    log = tmp_path / "services.log"
     rng = random.Random(7)
-    proc = _start(env, tmp_path)
+    service = Service(tmp_path, log=log, **env).wait_healthy()
     try:
         with Load(port) as load:
             for _ in range(KILLS):
                 time.sleep(rng.uniform(0.5, 1.5))
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                proc = _start(env, tmp_path)
+                service.kill()
+                service = Service(tmp_path, log=log, **env).wait_healthy()
             time.sleep(1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert service.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    stored = _stored_ids(tmp_path / "ch")
+        if service.proc.poll() is None:
+            service.kill()
+    stored = [session for [session] in read_rows(tmp_path / "ch", "faults", "SELECT session_id FROM events",
+                                                  timeout=300)]
     print(f"\nkills={KILLS} sent={load.sent} acknowledged={len(load.acked)} stored={len(stored)}")
     assert len(load.acked) > 1000, "the load did not get going"
     assert len(stored) == len(set(stored)), "some events were stored twice"
     missing = load.acked - set(stored)
-    log = (tmp_path / "services.log").read_text(errors="replace")
+    log_text = log.read_text(errors="replace")
     assert not missing, (f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}; warnings and errors "
-                         "of the services:\n" + "\n".join(line for line in log.splitlines()
+                         "of the services:\n" + "\n".join(line for line in log_text.splitlines()
                                                           if " WARNING " in line or " ERROR " in line)[-5000:])
+

@@ -10,19 +10,23 @@ import os
 import orjson
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from ingest.api.app import create_app
 
+from .harness.engine import count
+from .harness.events import event
 from .live import serving
-from .support import count, event
 
 # Bounded so the whole module stays within a few seconds on 2 shared cores; FUZZ_EXAMPLES=2000 for a long hunt.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = hyp_settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+json_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                | st.text(max_size=40))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5)
                            | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=30)
 content_types = st.sampled_from(["application/json", "text/plain;charset=UTF-8", "application/json; charset=utf-8",
@@ -112,7 +116,8 @@ def test_arbitrary_json_gets_a_json_answer_never_a_5xx(live, value, encoding):
     headers = {"Content-Type": "application/json"}
     if encoding:
         headers["Content-Encoding"] = encoding
-    _post(live, _encode(json.dumps(value).encode(), encoding if encoding in ("gzip", "br", "deflate") else None), headers)
+    body = _encode(json.dumps(value).encode(), encoding if encoding in ("gzip", "br", "deflate") else None)
+    _post(live, body, headers)
 
 
 FIELDS = ["event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties"]

@@ -14,16 +14,16 @@ import yaml
 
 from ingest.grafana.dashboard import load_dashboard, panel_queries
 from ingest.grafana.macros import MACROS, QueryRange, expand
-from ingest.storage.sink import Sink
 from ingest.grafana.variables import ALL, VARIABLE, dashboard_variables, substitute
+from ingest.storage.sink import Sink
 
+from .harness.events import event
+from .harness.provisioning import grafana_provisioning_variables
 from .stack import volumes
-from .support import event
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in (GRAFANA / "dashboards").glob("*.json")}
-PROVISIONING = sorted((GRAFANA / "provisioning").rglob("*.yaml"))
 
 
 def _yaml(relative: str):
@@ -41,17 +41,6 @@ def _datasource_refs(node):
     elif isinstance(node, list):
         for item in node:
             yield from _datasource_refs(item)
-
-
-def _strings(node):
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _strings(item)
 
 
 def prometheus_expressions() -> list[str]:
@@ -198,7 +187,8 @@ def test_the_product_dashboard_filters_by_device_and_country_with_values_from_cl
         assert spec["refresh"] == 1 and spec["sort"] == 1
         # Values from the small daily rollup, not the raw events (cheap over the 90 days kept).
         sql = spec["query"]["rawSql"]
-        assert spec["query"]["queryType"] == "sql" and re.search(rf"SELECT DISTINCT {name} FROM segments_per_day\b", sql)
+        assert spec["query"]["queryType"] == "sql" and re.search(
+            rf"SELECT DISTINCT {name} FROM segments_per_day\b", sql)
         assert "FROM events" not in sql and f"ORDER BY {name}" in sql
 
 
@@ -228,28 +218,6 @@ def test_the_alert_query_uses_no_template_variables():
                 if "rawSql" in query["model"]:
                     assert not _variables_named(query["model"]["rawSql"]), rule["uid"]
                     assert "$__conditionalAll" not in query["model"]["rawSql"]
-
-
-def _substituted(document: dict) -> list[str]:
-    """The values Grafana puts through its environment substitution: all but an alert rule's query `model` (raw,
-    so the plugin's macros survive) and its `annotations` (raw since Grafana 9.1, grafana#54975)."""
-    def rule_values(rule: dict) -> list:
-        return [v for k, v in rule.items() if k not in ("annotations", "data")] + [
-            {k: v for k, v in query.items() if k != "model"} for query in rule.get("data", [])]
-
-    groups = [{**group, "rules": [rule_values(r) for r in group.get("rules", [])]}
-              for group in document.get("groups", [])]
-    return list(_strings({**document, "groups": groups}))
-
-
-def grafana_provisioning_variables(documents: list[dict] | None = None) -> set[str]:
-    """Environment variables Grafana substitutes into the provisioning files."""
-    used = set()
-    for document in documents if documents is not None else [yaml.safe_load(p.read_text()) for p in PROVISIONING]:
-        # Values only (comments may mention $VAR); $$ is a literal dollar; $__macros are not variables.
-        for value in _substituted(document):
-            used |= set(re.findall(r"(?<!\$)\$\{?([A-Z][A-Z0-9_]*)\}?", value))
-    return used
 
 
 def test_alert_annotations_and_query_models_are_not_substituted_but_labels_are():

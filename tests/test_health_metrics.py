@@ -8,7 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.storage.failures import FAILURE_KINDS
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 async def _metrics(client) -> dict[tuple[str, tuple], float]:

@@ -9,7 +9,9 @@ import brotli
 import orjson
 import pytest
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 def _with(raw_field: bytes, base: dict | None = None) -> bytes:
@@ -130,7 +132,8 @@ async def test_wrong_content_types_are_415_json(make_client, content_type):
 
 async def test_brotli_bodies_are_accepted(make_client, ch):
     client = await make_client()
-    resp = await _post(client, brotli.compress(orjson.dumps([event(session_id="br")] * 2)), **{"Content-Encoding": "br"})
+    body = brotli.compress(orjson.dumps([event(session_id="br")] * 2))
+    resp = await _post(client, body, **{"Content-Encoding": "br"})
     assert resp.status == 202 and (await resp.json())["accepted"] == 2
     await eventually(lambda: count(ch, "session_id = 'br'") == 2)
 

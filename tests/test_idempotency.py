@@ -12,8 +12,10 @@ import pytest
 
 from ingest.delivery.idempotency import IdempotencyKeys, KeyInUse, KeyReused, fingerprint, key_id
 
-from .processes import Service, count_rows
-from .support import count, event, eventually
+from .harness.engine import count, count_rows
+from .harness.events import event
+from .harness.polling import eventually
+from .harness.service import Service
 
 
 class Clock:

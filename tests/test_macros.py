@@ -41,9 +41,11 @@ def test_the_epoch_constants_are_the_range_in_unix_seconds_and_milliseconds():
 
 @pytest.mark.parametrize("sql, expected", [
     ("select * from foo where $__timeFilter(cast(sth as timestamp))",
-     f"select * from foo where cast(sth as timestamp) >= toDateTime({F}) AND cast(sth as timestamp) <= toDateTime({T})"),
+     f"select * from foo where cast(sth as timestamp) >= toDateTime({F}) AND "
+     f"cast(sth as timestamp) <= toDateTime({T})"),
     ("select * from foo where $__timeFilter(cast(sth as timestamp) )",
-     f"select * from foo where cast(sth as timestamp) >= toDateTime({F}) AND cast(sth as timestamp) <= toDateTime({T})"),
+     f"select * from foo where cast(sth as timestamp) >= toDateTime({F}) AND "
+     f"cast(sth as timestamp) <= toDateTime({T})"),
     ("select * from foo where $__timeFilter_ms(cast(sth as timestamp))",
      f"select * from foo where cast(sth as timestamp) >= fromUnixTimestamp64Milli({FMS}) AND "
      f"cast(sth as timestamp) <= fromUnixTimestamp64Milli({TMS})"),
@@ -81,8 +83,10 @@ def test_macros_nested_in_arguments_expand_first(sql, expected):
 @pytest.mark.parametrize("sql, expected", [
     (r"select * from foo where msg = 'it\'s -- fine' and $__fromTime",
      rf"select * from foo where msg = 'it\'s -- fine' and toDateTime({F})"),
-    (r"select * from foo where msg = 'a\'/*x' and $__toTime", rf"select * from foo where msg = 'a\'/*x' and toDateTime({T})"),
-    ("select * from foo where msg = 'it''s' and $__fromTime", f"select * from foo where msg = 'it''s' and toDateTime({F})"),
+    (r"select * from foo where msg = 'a\'/*x' and $__toTime",
+     rf"select * from foo where msg = 'a\'/*x' and toDateTime({T})"),
+    ("select * from foo where msg = 'it''s' and $__fromTime",
+     f"select * from foo where msg = 'it''s' and toDateTime({F})"),
     # the same for double quotes, and an escaped backslash ending a literal
     (r'SELECT "a\"--" AS x, $__toTime', rf'SELECT "a\"--" AS x, toDateTime({T})'),
     ("SELECT 'a\\\\' -- c\n, $__toTime", f"SELECT 'a\\\\'     \n, toDateTime({T})"),
@@ -115,7 +119,7 @@ def test_interval_handler_vectors_of_the_plugin():
     assert expand("$__interval_s", r) == "20"
 
 
-# --- errors, worded as the plugin's ------------------------------------------------------------------------------------
+# --- errors, worded as the plugin's -----------------------------------------------------------------------------------
 
 def bad_args(macro: str, want: int, got: int) -> str:
     return f"unexpected number of arguments: {macro} expected {want} argument(s), received {got}"
@@ -166,7 +170,7 @@ def test_nesting_deeper_than_128_levels_is_refused():
                                  + f"macro nesting exceeds {MAX_NESTING_DEPTH} levels")
 
 
-# --- $__timeGroup: Go's durations and rounding -------------------------------------------------------------------------
+# --- $__timeGroup: Go's durations and rounding ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("period, seconds", [
     ("90s", 90), ("1h30m", 5400), ("1.5m", 90), ("+5m", 300), ("'5m'", 300), ('"5m"', 300), ("1h0m0s", 3600),
@@ -232,7 +236,8 @@ def test_argument_lists_do_not_honour_backslash_escapes():
 @pytest.mark.parametrize("raw, args", [
     ("", []), ("  ", []), (" time ", ["time"]), ("a, b, c", ["a", "b", "c"]),
     ("COALESCE(a, b), c", ["COALESCE(a, b)", "c"]), ("'a,b', c", ["'a,b'", "c"]),
-    ("'it''s, fine', x", ["'it''s, fine'", "x"]), ('"he said ""hi"", then left", y', ['"he said ""hi"", then left"', "y"]),
+    ("'it''s, fine', x", ["'it''s, fine'", "x"]),
+    ('"he said ""hi"", then left", y', ['"he said ""hi"", then left"', "y"]),
     (" toDateTime(a, 'UTC') ,\u00a0b\u3000", ["toDateTime(a, 'UTC')", "b"]),  # Go trims Unicode spaces
     ("a,\x1cb", ["a", "\x1cb"]),  # ... but not the separators Python's strip() would take
 ])
@@ -270,7 +275,7 @@ def test_backticks_and_dollar_tags_are_not_quotes_in_the_pinned_version():
     assert expand("SELECT `it's` -- $__fromTime", R) == f"SELECT `it's` -- toDateTime({F})"
 
 
-# --- the range ---------------------------------------------------------------------------------------------------------
+# --- the range --------------------------------------------------------------------------------------------------------
 
 def test_ranges_in_other_zones_render_as_utc_and_round_down():
     cet = timezone(timedelta(hours=1))

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.terminal import panels
 from ingest.cli import main as cli
 from ingest.storage.sink import Sink
+from ingest.terminal import panels
 
-from .processes import Service, command
+from .harness.service import Service, command
 
 COLUMNS = ["event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties"]
 
@@ -113,7 +113,7 @@ def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers
         assert "\n  via the service at http://127.0.0.1:" in beside.stdout, beside.stdout
         assert "Active users  12 sessions in the last 5 minutes" in beside.stdout
         # Filters go to the service, which loads the variables' values and refuses one it does not offer.
-        device = "desktop"  # every event the service got (tests/support.py event())
+        device = "desktop"  # every event the service got (tests/harness/events.py event())
         filtered = command(["panels", "--device", device], tmp_path, **env, INGEST_PORT=str(service.port))
         assert filtered.returncode == 0, filtered.stderr
         assert f"\n  Filter: device_type {device}  (command line; SQL: '{device}')\n" in filtered.stdout
@@ -160,7 +160,7 @@ def test_the_panels_endpoint_answers_this_machine_only(make_client):
     from ingest.api.app import _from_this_machine
 
     for peer, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False), ("172.18.0.1", False)):
-        transport = type("T", (), {"get_extra_info": lambda self, name, default=None: (peer, 1234)})()
+        transport = type("T", (), {"get_extra_info": lambda self, name, default=None, peer=peer: (peer, 1234)})()
         assert _from_this_machine(make_mocked_request("GET", "/panels", transport=transport)) is local
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,17 +20,13 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
-from .support import event, require_tool
+from .harness.events import event
+from .harness.logs import wait_for_line
+from .harness.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "prometheus" / "prometheus.yml"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expressions() -> list[str]:
@@ -56,10 +51,10 @@ def test_promtool_accepts_the_repo_scrape_config():
 
 async def test_every_pipeline_dashboard_expression_returns_data_from_a_real_scrape(settings, tmp_path):
     prometheus = require_tool("prometheus")
-    app_port, prom_port = _free_port(), _free_port()
     runner = web.AppRunner(create_app(dataclasses.replace(settings, flush_interval_seconds=0.2)))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", app_port).start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0: the system picks a free one
+    [(_, app_port)] = runner.addresses
 
     # The repo's config with the target pointed at this test's service and a 1 s scrape.
     config = yaml.safe_load(CONFIG.read_text())
@@ -69,13 +64,16 @@ async def test_every_pipeline_dashboard_expression_returns_data_from_a_real_scra
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
         [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
+         "--web.listen-address=127.0.0.1:0"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
-    base = f"http://127.0.0.1:{prom_port}"
     pending = {expr: "not queried yet" for expr in _expressions()}
     try:
+        deadline = time.monotonic() + 30
+        # Prometheus logs the address it really listens on (with port 0, the one the system picked).
+        listening = await asyncio.to_thread(wait_for_line, tmp_path / "prometheus.log",
+                                            r'msg="Listening on" address=\S+:(\d+)\s', proc, 0, 30)
+        base = f"http://127.0.0.1:{listening[1]}"
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 30
             while pending and time.monotonic() < deadline:
                 # Keep traffic flowing (valid and invalid events) so rates and flush histograms move.
                 batch = [event(session_id=f"s{i}") for i in range(20)] + [event(country_code="nope")]

@@ -38,7 +38,7 @@ def test_the_configuration_table_lists_every_variable_of_the_stack_and_the_servi
 
 def test_the_readme_names_the_versions_compose_pins():
     text = section("Run the full stack")
-    for name, service in compose()["services"].items():
+    for service in compose()["services"].values():
         if "image" in service:
             assert f"`{service['image']}`" in text, service["image"]
     plugin = re.search(r"grafana-clickhouse-datasource@(\S+)", (ROOT / "docker-compose.yml").read_text())[1]

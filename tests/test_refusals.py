@@ -1,10 +1,10 @@
 """What the service does when ClickHouse refuses inserts, on the real engine: rows it refuses for their content,
 a table or view that refuses everything, and faults only an operator can fix.
 
-The rule (docs/operations.md, "When ClickHouse refuses an insert"): rows are dead-lettered only when other rows of the same batch
-went in, which proves the table takes data. A batch none of whose rows goes in is held and retried, together with the
-rows that arrive after it, until some go in; a view that fails holds its batch, which is retried unchanged (same
-token) so that nothing is stored twice.
+The rule (docs/operations.md, "When ClickHouse refuses an insert"): rows are dead-lettered only when other rows of the
+same batch went in, which proves the table takes data. A batch none of whose rows goes in is held and retried, together
+with the rows that arrive after it, until some go in; a view that fails holds its batch, which is retried unchanged
+(same token) so that nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 
 from ingest.delivery.deadletter import DeadLetterFile
 
-from .support import count, event, eventually
+from .harness.engine import count
+from .harness.events import event
+from .harness.polling import eventually
 
 
 async def _health(client) -> dict:
@@ -35,7 +37,8 @@ async def _failing_with(client, kind: str, failures: int = 2):
 
 
 def _failures(text: str, kind: str) -> float:
-    line = next(l for l in text.splitlines() if l.startswith(f'ingest_flush_failures_total{{kind="{kind}"}}'))
+    line = next(sample for sample in text.splitlines()
+                if sample.startswith(f'ingest_flush_failures_total{{kind="{kind}"}}'))
     return float(line.split()[-1])
 
 

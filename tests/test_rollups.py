@@ -10,19 +10,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from ingest.grafana.macros import QueryRange, expand
-from ingest.grafana.dashboard import load_dashboard, panel_queries
-from ingest.storage.rollups import rebuild
-from ingest.storage.ddl import ddl_files, statements
-from ingest.storage.sink import Sink
-from ingest.grafana.variables import dashboard_variables, substitute
 
-from .test_panel_truth import COUNTRIES, DEVICES, SELECTIONS, chosen
+from ingest.grafana.dashboard import load_dashboard, panel_queries
+from ingest.grafana.macros import QueryRange, expand
+from ingest.grafana.variables import dashboard_variables, substitute
+from ingest.storage.ddl import ddl_files, statements
+from ingest.storage.rollups import rebuild
+from ingest.storage.sink import Sink
+
+from .harness.panel_truth import COLUMNS, COUNTRIES, DEVICES, MS, SELECTIONS, chosen
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "tests" / "raw_panels"
-COLUMNS = ["event_name", "timestamp", "session_id", "user_id", "device_type", "country_code", "properties"]
-MS = timedelta(milliseconds=1)
 RAW_SQL = {"Active users": "active_users.sql", "Signup funnel": "signup_funnel.sql",
            "Top features": "top_features.sql", "Error rate": "error_rate.sql"}
 UNSEGMENTED = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour")

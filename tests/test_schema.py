@@ -9,8 +9,8 @@ import pytest
 from ingest.contract.events import COLUMNS, SCHEMA, Row, parse_timestamp
 from ingest.contract.validation import EventValidator
 
-from .support import event
-from .test_events_api import PER_EVENT_ERRORS
+from .harness.events import event
+from .harness.refusals import PER_EVENT_ERRORS
 
 NOW = datetime(2026, 6, 15, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -37,15 +37,16 @@ def test_a_row_stores_utc_epoch_milliseconds_and_properties_as_json_text():
         event("feature_used", timestamp="2026-06-15T13:00:00.0079+01:00", user_id=None,
               properties={"feature": "export", "n": 2}), NOW.timestamp())
     assert isinstance(row, Row)
-    assert dict(zip(COLUMNS, row))["timestamp"] == int(datetime(2026, 6, 15, 12, 0, 0, 7000, tzinfo=timezone.utc).timestamp() * 1000)
-    assert dict(zip(COLUMNS, row))["user_id"] is None
-    assert dict(zip(COLUMNS, row))["properties"] == '{"feature":"export","n":2}'
+    utc_ms = int(datetime(2026, 6, 15, 12, 0, 0, 7000, tzinfo=timezone.utc).timestamp() * 1000)
+    assert dict(zip(COLUMNS, row, strict=True))["timestamp"] == utc_ms
+    assert dict(zip(COLUMNS, row, strict=True))["user_id"] is None
+    assert dict(zip(COLUMNS, row, strict=True))["properties"] == '{"feature":"export","n":2}'
 
 
 def test_missing_properties_are_stored_as_an_empty_object():
     e = event()
     del e["properties"]
-    assert dict(zip(COLUMNS, EventValidator().to_row(e)))["properties"] == "{}"
+    assert dict(zip(COLUMNS, EventValidator().to_row(e), strict=True))["properties"] == "{}"
 
 
 @pytest.mark.parametrize(("offset", "ok"), [

@@ -16,19 +16,20 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.dashboard import load_dashboard, panel_queries
-from ingest.storage.sink import failure_kind
+from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.variables import dashboard_variables, substitute
+from ingest.storage.sink import failure_kind
 
-from . import test_panel_truth as truth
+from .harness import panel_truth as truth
+from .harness.events import iso
 from .server_users import ServerUsers, definer
 from .stack import ROOT, compose, environment, init_table_names, interpolate, stack_env
-from .support import iso
 
 pytestmark = pytest.mark.slow
 DB = "analytics"
-VIEWS_SQL = f"SELECT name, create_table_query FROM system.tables WHERE database = '{DB}' AND engine = 'MaterializedView'"
+VIEWS_SQL = (f"SELECT name, create_table_query FROM system.tables WHERE database = '{DB}' "
+             "AND engine = 'MaterializedView'")
 ROLLUPS = ("events_per_minute", "active_sessions_5m", "feature_users_per_minute", "feature_users_per_hour",
            "events_per_minute_by_segment", "active_sessions_5m_by_segment", "feature_users_per_minute_by_segment",
            "feature_users_per_hour_by_segment", "segments_per_day")
@@ -93,7 +94,7 @@ def test_ingest_stores_events_and_fills_every_rollup(stack, ingested):
     assert all(c.ok for c in checks), [c.error for c in checks if not c.ok]
     assert checks[0].rows == [(len(events),)]
     assert checks[1].rows == [(len(events),)]
-    for rollup, check in zip(ROLLUPS, checks[2:]):
+    for rollup, check in zip(ROLLUPS, checks[2:], strict=True):
         assert check.rows[0][0] > 0, f"{rollup} is empty"
 
 
@@ -124,7 +125,7 @@ INGEST_MAY_NOT = [
 
 def test_ingest_may_do_nothing_but_insert_and_check_its_inserts(stack):
     outcomes = stack.run("ingest", [("command", None, sql) for sql in INGEST_MAY_NOT])
-    allowed = {sql: o for sql, o in zip(INGEST_MAY_NOT, outcomes) if not o.refused()}
+    allowed = {sql: o for sql, o in zip(INGEST_MAY_NOT, outcomes, strict=True) if not o.refused()}
     assert not allowed
 
 
@@ -163,9 +164,10 @@ def test_grafana_panels_show_what_ingest_stored(stack, ingested, selection):
     dashboard = load_dashboard()
     variables = dashboard_variables(dashboard, truth.chosen(selection))
     panels = panel_queries(dashboard)
-    outcomes = stack.run("grafana", [("query", DB, expand(substitute(p.raw_sql, variables), QueryRange(truth.F, truth.T)),
-                                      None) for p in panels])
-    got = {p.title: o for p, o in zip(panels, outcomes)}
+    qrange = QueryRange(truth.F, truth.T)
+    outcomes = stack.run("grafana", [("query", DB, expand(substitute(p.raw_sql, variables), qrange), None)
+                                     for p in panels])
+    got = {p.title: o for p, o in zip(panels, outcomes, strict=True)}
     assert all(o.ok for o in outcomes), {t: o.error for t, o in got.items() if not o.ok}
     assert [(truth.utc(t), v) for t, v in got["Active users"].rows] == truth.expected_active(events, keep)
     assert [(truth.utc(t), s, c) for t, s, c, _ in got["Signup funnel"].rows] == \
@@ -175,7 +177,7 @@ def test_grafana_panels_show_what_ingest_stored(stack, ingested, selection):
     expected = truth.expected_error_rate(events, keep)
     assert [t for t, _ in rates] == [t for t, _ in expected]
     assert all((g is None) == (w is None) and (w is None or g == pytest.approx(w))
-               for (_, g), (_, w) in zip(rates, expected))
+               for (_, g), (_, w) in zip(rates, expected, strict=True))
 
 
 def test_grafana_reads_the_values_the_variables_offer(stack, ingested):
@@ -183,7 +185,7 @@ def test_grafana_reads_the_values_the_variables_offer(stack, ingested):
     specs = load_dashboard()["templating"]["list"]
     outcomes = stack.run("grafana", [("query", DB, spec["query"]["rawSql"], None) for spec in specs])
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
-    got = {spec["name"]: [row[0] for row in o.rows] for spec, o in zip(specs, outcomes)}
+    got = {spec["name"]: [row[0] for row in o.rows] for spec, o in zip(specs, outcomes, strict=True)}
     assert got["device_type"] == sorted({e[4] for e in events})
     assert [c.decode() if isinstance(c, bytes) else c for c in got["country_code"]] == sorted({e[5] for e in events})
 
@@ -219,7 +221,7 @@ GRAFANA_MAY_NOT = [
 
 def test_grafana_may_only_read(stack):
     outcomes = stack.run("grafana", [("query", DB, sql, settings) for sql, settings in GRAFANA_MAY_NOT])
-    allowed = {f"{sql} {settings or ''}": o for (sql, settings), o in zip(GRAFANA_MAY_NOT, outcomes)
+    allowed = {f"{sql} {settings or ''}": o for (sql, settings), o in zip(GRAFANA_MAY_NOT, outcomes, strict=True)
                if not o.refused()}
     assert not allowed
 
@@ -295,7 +297,7 @@ def test_clickhouse_is_healthy_only_when_the_real_server_has_the_events_table(tm
 
     assert healthy("1") and not healthy("0") and not healthy("error")
     argv = json.loads(record.read_text().splitlines()[0])
-    option = dict(zip(argv[1::2], argv[2::2])) if argv[0] == "client" else {}
+    option = dict(zip(argv[1::2], argv[2::2], strict=True)) if argv[0] == "client" else {}
     # The container's own address, never loopback: the init's temporary server listens on 127.0.0.1 only.
     assert option["--host"] == "3f2a9c1d7e4b"
     assert (option["--user"], option["--password"]) == (env["CLICKHOUSE_USER"], env["CLICKHOUSE_ADMIN_PASSWORD"])

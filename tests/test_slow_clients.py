@@ -13,91 +13,36 @@ import resource
 import select
 import selectors
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from .support import event
-from .test_process import _count_rows, _free_port
+from .harness.engine import count_rows
+from .harness.events import event
+from .harness.service import Service, fetch
 
 pytestmark = pytest.mark.slow
 OPEN_FILES = 1024
 
 
-class Service:
-    def __init__(self, port: int, log: Path, data_dir: Path, pid: int) -> None:
-        self.port, self.log, self.data_dir, self.pid = port, log, data_dir, pid
-        self.url = f"http://127.0.0.1:{port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = _get(f"{self.url}/metrics")[1].decode()
-        label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+]+)"
-        found = re.search(pattern, text)
-        return float(found.group(1)) if found else float("nan")
-
-
 @contextmanager
 def service(tmp_path: Path, hard_limit: int = OPEN_FILES, **env: str) -> Iterator[Service]:
     """The real service, limited to OPEN_FILES open files (soft; hard_limit hard), with these INGEST_* settings."""
-    port, data_dir, log = _free_port(), tmp_path / "data", tmp_path / "service.log"
-    full_env = {**os.environ, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(port),
-                "CLICKHOUSE_URL": f"chdb://{data_dir}", "CLICKHOUSE_DATABASE": "slow",
-                "INGEST_WAL_DIR": str(tmp_path / "wal"), "INGEST_FLUSH_INTERVAL_SECONDS": "0.2", **env}
-
-    def limit_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, hard_limit))
-
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=full_env, cwd=tmp_path,
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_files)
-    svc = Service(port, log, data_dir, proc.pid)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(f"{svc.url}/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, svc.log_text()
-            assert time.monotonic() < deadline, "service did not become healthy"
-            time.sleep(0.1)
-        yield svc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    with Service(tmp_path, log=tmp_path / "service.log", open_files=(OPEN_FILES, hard_limit),
+                 CLICKHOUSE_URL=f"chdb://{tmp_path / 'data'}", CLICKHOUSE_DATABASE="slow",
+                 INGEST_WAL_DIR=str(tmp_path / "wal"), INGEST_FLUSH_INTERVAL_SECONDS="0.2", **env) as svc:
+        yield svc.wait_healthy()
 
 
 def _post(url: str, body: bytes, timeout: float = 5) -> tuple[int, bytes]:
-    req = urllib.request.Request(f"{url}/events", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    return fetch(f"{url}/events", body, timeout)
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    return fetch(url, timeout=timeout)
 
 
 def _head(length: int, content_type: str = "application/json", connection: str = "keep-alive") -> bytes:
@@ -106,7 +51,8 @@ def _head(length: int, content_type: str = "application/json", connection: str =
 
 
 def _body(events: int, pad: int = 0) -> bytes:
-    return json.dumps([event(session_id=f"slow-link-{i}", properties={"pad": "x" * pad}) for i in range(events)]).encode()
+    return json.dumps([event(session_id=f"slow-link-{i}", properties={"pad": "x" * pad})
+                       for i in range(events)]).encode()
 
 
 def _response(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
@@ -173,7 +119,7 @@ def test_a_body_still_trickling_at_the_deadline_gets_a_json_408_and_nothing_is_s
         assert 1.5 <= elapsed < 3.5, elapsed
         assert svc.metric("ingest_slow_clients_refused_total", reason="body_timeout") == 1
         assert _post(svc.url, _body(1))[0] == 202  # the service itself is fine
-    assert _count_rows(tmp_path / "data", "slow") == 1  # the normal POST; nothing of the cut-off body
+    assert count_rows(tmp_path / "data", "slow") == 1  # the normal POST; nothing of the cut-off body
 
 
 def test_a_slow_but_steady_upload_that_ends_before_the_deadline_is_accepted(tmp_path):
@@ -212,7 +158,7 @@ def test_a_client_that_hangs_up_mid_body_is_not_logged_as_an_error(tmp_path):
                 sock.sendall(_head(1000) + b'[{"event_name": "page_view"')
                 time.sleep(0.2)
         assert _post(svc.url, _body(1))[0] == 202
-        assert "Traceback" not in svc.log_text(), svc.log_text()[-3000:]
+        assert "Traceback" not in svc.output(), svc.output()[-3000:]
         assert not svc.metric("ingest_http_requests_total", route="/events", status="500") > 0
 
 
@@ -258,14 +204,14 @@ def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path):
 def test_the_connection_limit_stays_below_the_open_files_limit(tmp_path):
     with service(tmp_path, INGEST_MAX_CONNECTIONS="4096") as svc:
         limit = svc.metric("ingest_connections_limit")
-        assert 0 < limit < OPEN_FILES - 128 - len(os.listdir(f"/proc/{svc.pid}/fd")), limit
-        assert f"open-files limit {OPEN_FILES} leaves room for {limit:.0f} connections" in svc.log_text()
+        assert 0 < limit < OPEN_FILES - 128 - len(os.listdir(f"/proc/{svc.proc.pid}/fd")), limit
+        assert f"open-files limit {OPEN_FILES} leaves room for {limit:.0f} connections" in svc.output()
 
 
 def test_the_service_raises_its_soft_open_files_limit_to_hold_the_connections_it_allows(tmp_path):
     with service(tmp_path, hard_limit=8192, INGEST_MAX_CONNECTIONS="2000") as svc:
         assert svc.metric("ingest_connections_limit") == 2000
-        soft = re.search(r"Max open files\s+(\d+)", Path(f"/proc/{svc.pid}/limits").read_text())[1]
+        soft = re.search(r"Max open files\s+(\d+)", Path(f"/proc/{svc.proc.pid}/limits").read_text())[1]
         assert 2000 < int(soft) <= 8192
 
 
@@ -366,10 +312,10 @@ def test_many_stalled_uploads_are_closed_within_the_deadline_and_normal_clients_
         assert timed_out + evicted == SLOW, (timed_out, evicted)
         assert evicted >= SLOW - limit, (evicted, limit)
         print(f"\n{SLOW} stalled uploads, service limited to {OPEN_FILES} open files ({limit:.0f} connections), "
-              f"body deadline {body_timeout} s: closed {median:.2f} s (median), {worst:.2f} s (last) after sending their heads ({evicted:.0f} to make "
-              f"room, {timed_out:.0f} at the deadline, {len(answers)} read a 408); normal POST and /health "
-              f"during the flood: {during} in {answered_in:.2f} s, after: {after}")
-        log = svc.log_text()
+              f"body deadline {body_timeout} s: closed {median:.2f} s (median), {worst:.2f} s (last) after sending "
+              f"their heads ({evicted:.0f} to make room, {timed_out:.0f} at the deadline, {len(answers)} read a "
+              f"408); normal POST and /health during the flood: {during} in {answered_in:.2f} s, after: {after}")
+        log = svc.output()
     assert log.count("connection limit reached") == 1, log[-3000:]
     assert "out of system resource" not in log and "cannot accept connections" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
@@ -379,8 +325,8 @@ def test_when_open_files_run_out_first_it_is_logged_once_and_normal_clients_stil
     # The connection limit keeps room for the files the service holds at start; here the files run out first
     # anyway (as if the storage engine had opened many more): the service's open-files limit is lowered under it.
     with service(tmp_path, INGEST_BODY_TIMEOUT_SECONDS="5") as svc:
-        in_use = len(os.listdir(f"/proc/{svc.pid}/fd"))
-        resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, (in_use + 200, OPEN_FILES))
+        in_use = len(os.listdir(f"/proc/{svc.proc.pid}/fd"))
+        resource.prlimit(svc.proc.pid, resource.RLIMIT_NOFILE, (in_use + 200, OPEN_FILES))
         slow = _open_slow_uploads(svc.port, 400)
         try:
             asked = time.monotonic()
@@ -394,6 +340,6 @@ def test_when_open_files_run_out_first_it_is_logged_once_and_normal_clients_stil
         assert len(closed) == 400
         print(f"\nopen files run out at {in_use + 200}: normal POST and /health answered {during} in "
               f"{answered_in:.2f} s")
-        log = svc.log_text()
+        log = svc.output()
     assert log.count("cannot accept connections") == 1, log[-3000:]
     assert "out of system resource" not in log and "Traceback" not in log, log[-3000:]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from .processes import Service, command, count_rows
+from .harness.engine import count_rows
+from .harness.ports import busy_port
+from .harness.service import Service, command
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +86,9 @@ def test_once_everything_is_stored_no_log_segment_stays_on_disk(tmp_path):
 def test_a_misconfigured_service_says_what_is_wrong_in_one_line(tmp_path, env, words):
     (tmp_path / "file").write_text("not a directory")
     env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
-    env = {"CLICKHOUSE_URL": f"chdb://{tmp_path / 'data'}", "INGEST_WAL_DIR": str(tmp_path / "wal"), **env}
+    # Port 0: a service already on the default port would be the one error said, whatever else is wrong.
+    env = {"CLICKHOUSE_URL": f"chdb://{tmp_path / 'data'}", "INGEST_WAL_DIR": str(tmp_path / "wal"),
+           "INGEST_HOST": "127.0.0.1", "INGEST_PORT": "0", **env}
     result = command(["serve"], tmp_path, **env)
     assert result.returncode != 0
     one_line_error(result.stdout + result.stderr, *words)
@@ -94,7 +98,8 @@ def test_a_second_service_on_the_same_embedded_data_says_which_process_holds_it(
     data = tmp_path / "data"
     first = Service(tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal1")).wait_healthy()
     try:
-        result = command(["serve"], tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal2"))
+        result = command(["serve"], tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal2"),
+                         INGEST_HOST="127.0.0.1", INGEST_PORT="0")
         assert result.returncode != 0
         one_line_error(result.stdout + result.stderr, str(data), "in use", str(first.proc.pid))
     finally:
@@ -102,14 +107,10 @@ def test_a_second_service_on_the_same_embedded_data_says_which_process_holds_it(
 
 
 def test_a_busy_port_is_refused_before_anything_is_opened(tmp_path):
-    first = Service(tmp_path, CLICKHOUSE_URL=f"chdb://{tmp_path / 'a'}", INGEST_WAL_DIR=str(tmp_path / "w1"))
-    first.wait_healthy()
-    try:
-        result = command(["serve"], tmp_path, INGEST_PORT=str(first.port), CLICKHOUSE_URL=f"chdb://{tmp_path / 'b'}",
+    with busy_port() as port:
+        result = command(["serve"], tmp_path, INGEST_PORT=str(port), CLICKHOUSE_URL=f"chdb://{tmp_path / 'b'}",
                          INGEST_WAL_DIR=str(tmp_path / "w2"), INGEST_HOST="127.0.0.1")
-        assert result.returncode != 0
-        one_line_error(result.stdout + result.stderr, f"127.0.0.1:{first.port}", "INGEST_PORT")
-        assert "ingest ready" not in result.stdout + result.stderr
-        assert not (tmp_path / "b").exists() and not (tmp_path / "w2").exists()
-    finally:
-        assert first.stop() == 0
+    assert result.returncode != 0
+    one_line_error(result.stdout + result.stderr, f"127.0.0.1:{port}", "INGEST_PORT")
+    assert "ingest ready" not in result.stdout + result.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "w2").exists()

@@ -1,4 +1,5 @@
-"""The browser tracker, served by the service at /tracker.js, in a real headless Chromium on a page of another origin."""
+"""The browser tracker, served by the service at /tracker.js, in a real headless Chromium on a page of another
+origin."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gzip
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,13 +18,14 @@ from aiohttp import web
 
 from ingest.api.app import create_app
 
-from .test_docs import ROOT
-
 from .cdp import Chromium
+from .harness.engine import break_storage, count, repair_storage
+from .harness.events import event
+from .harness.polling import eventually
+from .harness.tools import require_tool
 from .live import LostAnswers, serving, serving_on
-from .support import count, event, eventually, require_tool
-from .test_delivery import _break_storage, _repair_storage
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "tracker-write-key-5c2e"
 DESKTOP = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 "
            "Safari/537.36")
@@ -59,8 +62,8 @@ PAGE = """<!doctype html><html><head><title>Shop</title><script>
 
 
 # docs/api.md's stub: calls made before the (deferred) tracker has run wait in window.ingest.q.
-STUB = next(line for line in (ROOT / "docs" / "api.md").read_text().splitlines() if line.startswith("<script>window.ingest")
-            ).removeprefix("<script>").removesuffix("</script>")
+STUB = next(line for line in (ROOT / "docs" / "api.md").read_text().splitlines()
+            if line.startswith("<script>window.ingest")).removeprefix("<script>").removesuffix("</script>")
 
 
 class Site:
@@ -83,7 +86,7 @@ def _rows(ch, where: str = "1") -> list[dict]:
     result = ch.query("SELECT event_name, toUnixTimestamp64Milli(timestamp), session_id, user_id, device_type, "
                       f"toString(country_code), properties FROM events WHERE {where} ORDER BY timestamp")
     names = ("event_name", "ms", "session_id", "user_id", "device_type", "country_code", "properties")
-    return [{**dict(zip(names, row)), "properties": json.loads(row[6])} for row in result.result_rows]
+    return [{**dict(zip(names, row, strict=True)), "properties": json.loads(row[6])} for row in result.result_rows]
 
 
 def _answered(ingest: str, status: int) -> int:
@@ -184,8 +187,8 @@ async def test_page_views_track_identify_spa_navigation_and_tab_close_arrive_in_
     assert click["event_name"] == "button_click" and click["user_id"] is None
     assert click["properties"] == {"button": "signup_cta", "cart": {"items": [{"sku": "A-1", "qty": 2}], "total": 30.5}}
     assert pricing["event_name"] == "page_view" and pricing["user_id"] == "u-42"
-    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop", "referrer": f"{origin}/shop/home?ref=ad&early",
-                                     "via": "beacon"}
+    assert pricing["properties"] == {"path": "/shop/pricing", "title": "Shop",
+                                     "referrer": f"{origin}/shop/home?ref=ad&early", "via": "beacon"}
     assert feature["event_name"] == "feature_used" and feature["user_id"] == "u-42"
     assert feature["properties"] == {"feature": "export", "options": {"format": "csv"}, "via": "beacon"}
     now_ms = time.time() * 1000
@@ -219,7 +222,7 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
     async with shop(buffer_max_events=5, flush_events=5, flush_interval_seconds=0.2,
                     retry_max_seconds=0.2) as (origin, ingest, browser):
         requests.get(f"{ingest}/health", timeout=10)  # the table exists
-        _break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
+        break_storage(ch)  # inserts fail, so the buffer fills: the service answers 503 + Retry-After: 1
         assert requests.post(f"{ingest}/events", json=[event(session_id=f"fill-{i}") for i in range(5)],
                              timeout=10).status_code == 202
         full_answer = requests.post(f"{ingest}/events", json=[event()], timeout=10)
@@ -230,7 +233,7 @@ async def test_a_503_from_the_service_is_retried_after_retry_after(settings, ch,
         await asyncio.sleep(3)
         refusals = _answered(ingest, 503) - 3
         assert 1 <= refusals <= 5, refusals  # about one a second, as Retry-After says: no hammering
-        _repair_storage(settings)
+        repair_storage(settings)
         await eventually(lambda: count(ch, "session_id LIKE 's-%'") == 1, timeout=15)
         assert time.monotonic() - started < 10
         assert tab.exceptions() == []

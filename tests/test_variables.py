@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.terminal import panels
 from ingest.cli import main as cli
 from ingest.grafana.dashboard import load_dashboard, load_options, query_range
-from ingest.storage.sink import Sink
 from ingest.grafana.variables import Variable, VariableError, dashboard_variables, describe, substitute
+from ingest.storage.sink import Sink
+from ingest.terminal import panels
 
 DEVICE = {"name": "device_type", "type": "custom", "multi": False, "includeAll": True, "allValue": "",
           "current": {"value": "mobile"},
