@@ -217,7 +217,10 @@ def _runner(client):
     return run
 
 
-def _panel(client, title, chosen=None, qrange=QueryRange(F, T)):
+RANGE = QueryRange(F, T)
+
+
+def _panel(client, title, chosen=None, qrange=RANGE):
     dashboard = load_dashboard()
     run = _runner(client)
     variables = dashboard_variables(dashboard, chosen or {}, load_options(dashboard, qrange, run, chosen))
