@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ingest.cli import main as cli
+from ingest.grafana.dashboard import load_dashboard, panel_queries
 from ingest.storage.sink import Sink
 from ingest.terminal import panels
 
@@ -34,13 +35,25 @@ def _load(ch, settings):
 
 
 @pytest.mark.parametrize("range_name", ["1h", "24h"])
-def test_panels_prints_the_four_panels_in_an_80_by_24_frame(ch, settings, range_name):
+def test_panels_prints_every_panel_80_columns_wide_and_a_24_line_terminal_keeps_the_top(ch, settings, range_name):
     _load(ch, settings)
     out = io.StringIO()
     assert panels.main(settings, range_name, False, None, out) == 0
     text = out.getvalue()
     lines = text.rstrip("\n").splitlines()
-    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, text
+    assert max(len(line) for line in lines) <= 80, text
+    titles = [q.title for q in panel_queries(load_dashboard()) if q.title != "Live status"]
+    assert all(f"\n{title}" in text for title in titles), text  # into a pipe: every panel, nothing cut
+    assert lines[0].startswith("Product analytics  ") and any(line.startswith("Live status: ") for line in lines[:8])
+    # A 24-line terminal: the header, the status and the first panels, and a last line saying what was cut.
+    source = panels.open_source(settings, load_dashboard())
+    try:
+        framed = panels.render(source.frame(range_name), 80, 24).splitlines()
+    finally:
+        source.close()
+    assert len(framed) == 24 and framed[0].startswith("Product analytics  ") and framed[1:6] == lines[1:6]
+    assert framed[-1] == f"… {len(lines) - 23} more lines not shown (a taller terminal shows them)"
+    assert any(line.startswith("Active users  ") for line in framed), framed
     assert "Active users  7 sessions in the last 5 minutes" in text
     assert " 1. export " in text
     assert "max 50.0%" in text                       # the minute with 1 error among 2 events
@@ -170,7 +183,9 @@ async def test_the_panels_endpoint_runs_the_dashboard_read_only(make_client, ch,
     resp = await client.get("/panels?range=1h")
     assert resp.status == 200
     body = await resp.json()
-    assert [p["title"] for p in body["panels"]] == ["Active users", "Signup funnel", "Top features", "Error rate"]
+    assert [p["title"] for p in body["panels"]] == [
+        "Live status", "Active users", "Signup funnel", "Top features", "Error rate", "Signup steps",
+        "Signup conversion over time"]
     assert all(p["error"] is None for p in body["panels"])
     assert body["storage"] == settings.storage_owner
     assert (await client.get("/panels?range=7d")).status == 400

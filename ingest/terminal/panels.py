@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import urllib.error
@@ -359,17 +358,20 @@ _RENDER = {"Active users": _active_users, "Signup funnel": _funnel, "Top feature
            "Error rate": _error_rate, "Signup steps": _steps, "Signup conversion over time": _conversion}
 
 
-def render(frame: Frame, width: int = WIDTH, height: int = HEIGHT) -> str:
-    """The four panels as at most `height` lines of at most `width` characters; says what it cut.
+def render(frame: Frame, width: int = WIDTH, height: int | None = HEIGHT) -> str:
+    """The status, the alerts and the panels as lines of at most `width` characters, at most `height` of them (None:
+    every line); says what it cut.
 
-    Where the frame would be too tall the funnel shows fewer hours first (it says how many it left out).
+    Where the frame would be too tall the funnel shows fewer hours first (it says how many it left out), then the
+    lines past the terminal's last are cut: the status, the alerts and the top panels stay in view, as on the
+    dashboard.
     """
     for funnel_hours in (3, 2, 1):
         lines = _lines(frame, funnel_hours)
-        if len(lines) <= height:
+        if height is None or len(lines) <= height:
             break
     lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
-    if len(lines) > height:
+    if height is not None and len(lines) > height:
         cut = len(lines) - height + 1
         lines = lines[:height - 1] + [f"… {cut} more lines not shown (a taller terminal shows them)"]
     return "\n".join(lines)
@@ -439,9 +441,13 @@ def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out
                     return 0
                 time.sleep(REFRESH_SECONDS)
                 continue
-            # A terminal's own size, never smaller than the classic one; a pipe gets the classic 80x24.
-            size = shutil.get_terminal_size((WIDTH, HEIGHT)) if tty else os.terminal_size((WIDTH, HEIGHT))
-            text = render(frame, max(WIDTH, size.columns), max(HEIGHT, size.lines - 1 if watch else size.lines))
+            # A terminal's own size, never smaller than the classic 80x24; a pipe or a file gets 80 columns and
+            # every line (nothing scrolls there, and a script wants all the panels).
+            if tty:
+                size = shutil.get_terminal_size((WIDTH, HEIGHT))
+                text = render(frame, max(WIDTH, size.columns), max(HEIGHT, size.lines - 1 if watch else size.lines))
+            else:
+                text = render(frame, WIDTH, None)
             out.write("\033[H\033[J" + text + "\n" if clear else text + "\n")
             out.flush()
             if not watch:
