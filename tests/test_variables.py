@@ -165,6 +165,13 @@ def test_the_product_dashboards_variables_offer_the_values_of_the_last_90_days_s
     gone = [("other", "ZZ", 95), ("other", "NZ", 200)]  # older than the 90 days the tables keep
     _dashboard_events(ch, settings, [("page_view", now - timedelta(days=days), f"s{i}", None, device, country, "{}")
                                      for i, (device, country, days) in enumerate(kept + gone)])
+    # The breakdown offers the property keys of the first funnel step's events of the last 7 days, no split first.
+    _dashboard_events(ch, settings, [
+        ("signup_started", now - timedelta(hours=1), "f1", None, "mobile", "JP",
+         '{"plan": "pro", "email_domain": "x"}'),
+        ("signup_started", now - timedelta(days=2), "f2", None, "mobile", "JP", '{"utm_source": "ads"}'),
+        ("signup_started", now - timedelta(days=8), "f3", None, "mobile", "JP", '{"too_old": 1}'),
+        ("email_verified", now - timedelta(hours=1), "f1", None, "mobile", "JP", '{"not_the_first_step": 1}')])
     dashboard = load_dashboard()
 
     def run(sql):
@@ -172,7 +179,11 @@ def test_the_product_dashboards_variables_offer_the_values_of_the_last_90_days_s
         return list(result.column_names), result.result_rows
     loaded = load_options(dashboard, query_range("1h"), run)
     assert loaded == {"device_type": tuple(sorted({d for d, _, _ in kept})),
-                      "country_code": tuple(sorted({c for _, c, _ in kept}))}
+                      "country_code": tuple(sorted({c for _, c, _ in kept})),
+                      "breakdown": ("", "email_domain", "plan", "utm_source")}
+    # With other steps chosen, the keys of their first step's events.
+    chosen = load_options(dashboard, query_range("1h"), run, {"steps": ["email_verified,signup_completed"]})
+    assert chosen["breakdown"] == ("", "not_the_first_step")
 
 
 def test_panels_device_and_country_filter_every_panel_and_say_so(ch, settings, monkeypatch, capsys):

@@ -117,8 +117,9 @@ def load_options(dashboard: dict[str, Any], qrange: QueryRange, run: Runner,
             continue
         above = {"templating": {"list": specs[:at]}}
         names = {s["name"] for s in specs[:at]}
+        # A value chosen for a variable above that it does not offer is that variable's error, not this query's.
+        known = dashboard_variables(above, {k: v for k, v in (chosen or {}).items() if k in names}, loaded)
         try:
-            known = dashboard_variables(above, {k: v for k, v in (chosen or {}).items() if k in names}, loaded)
             columns, rows = run(expand(substitute(sql, known), qrange))
         except (VariableError, MacroError) as exc:
             raise VariableError(f"the query of ${spec['name']}: {exc}") from None

@@ -59,6 +59,10 @@ class Variable:
     def is_all(self) -> bool:
         return self.value == ALL or (isinstance(self.value, tuple) and self.value[:1] == (ALL,))
 
+    def is_text(self) -> bool:
+        """A text box's value: one text, no options to choose from."""
+        return isinstance(self.value, str) and not self.options and not self.is_all
+
     def as_text(self) -> str:
         """current.value.toString(), which $__conditionalAll tests."""
         return ",".join(self.value) if isinstance(self.value, tuple) else self.value
@@ -86,6 +90,8 @@ class Variable:
 
     def describe(self) -> str:
         """One line: the filter this selection puts on (or none), where it came from, and what the SQL receives."""
+        if self.is_text():  # a text box: the SQL receives the text as it is
+            return f"{self.name} = {self.value or '(empty)'}  ({self.source})"
         if self.is_all or self.as_text() == "":
             became = "$__conditionalAll -> 1=1"
             if self.is_all and self.all_value is not None:
@@ -221,4 +227,4 @@ def describe(variables: dict[str, Variable]) -> list[str]:
     output (the terminal frame has room for these lines and no more)."""
     if not variables:
         return ["Template variables: none in the dashboard, nothing substituted."]
-    return [f"Filter: {v.describe()}" for v in variables.values()]
+    return [f"{'Variable' if v.is_text() else 'Filter'}: {v.describe()}" for v in variables.values()]
