@@ -49,7 +49,8 @@ def test_stream_mixes_devices_countries_and_anonymous_and_known_users(stream):
     anonymous = sum(e["user_id"] is None for e in stream) / len(stream)
     assert 0.2 < anonymous < 0.8
     assert set(Counter(e["event_name"] for e in stream)) == {
-        "page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"}
+        "page_view", "button_click", "signup_started", "email_verified", "signup_completed", "feature_used",
+        "error_occurred"}
 
 
 def test_funnel_order_holds_in_every_session_with_drop_off(stream):
@@ -57,18 +58,21 @@ def test_funnel_order_holds_in_every_session_with_drop_off(stream):
     for e in stream:
         if e["event_name"] != "error_occurred":
             sessions[e["session_id"]].append(e["event_name"])
-    funnel = ["button_click", "signup_started", "signup_completed"]
+    funnel = ["button_click", "signup_started", "email_verified", "signup_completed"]
     for names in sessions.values():
         assert names[0] == "page_view"
         seen = [names.index(step) for step in funnel if step in names]
         if "signup_started" in names:
             assert "button_click" in names and names.index("button_click") < names.index("signup_started")
+        if "email_verified" in names:
+            assert "signup_started" in names and names.index("signup_started") < names.index("email_verified")
         if "signup_completed" in names:
-            assert "signup_started" in names and names.index("signup_started") < names.index("signup_completed")
+            assert "email_verified" in names and names.index("email_verified") < names.index("signup_completed")
         assert seen == sorted(seen)
     started = sum("signup_started" in n for n in sessions.values())
+    verified = sum("email_verified" in n for n in sessions.values())
     completed = sum("signup_completed" in n for n in sessions.values())
-    assert 0 < completed < 0.8 * started
+    assert 0 < completed < verified < started
 
 
 def test_signed_up_visitor_carries_the_new_user_id_afterwards(stream):

@@ -197,7 +197,8 @@ async def test_schema_endpoint_serves_the_validating_document(make_client):
     assert resp.status == 200
     doc = json.loads(await resp.read())
     assert doc["properties"]["event_name"]["enum"] == [
-        "page_view", "button_click", "signup_started", "signup_completed", "feature_used", "error_occurred"]
+        "page_view", "button_click", "signup_started", "email_verified", "signup_completed", "feature_used",
+        "error_occurred"]
     assert set(doc["required"]) == {"event_name", "timestamp", "session_id", "device_type"}  # country: optional
 
 

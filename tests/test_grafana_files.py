@@ -24,6 +24,11 @@ from .stack import volumes
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in (GRAFANA / "dashboards").glob("*.json")}
+ALERT_FILES = sorted(p.name for p in (GRAFANA / "provisioning" / "alerting").glob("*.yaml"))
+# Grafana's own pseudo-datasources: a panel whose targets name their datasources each, and server-side expressions.
+BUILT_IN_UIDS = {"-- Mixed --", "__expr__"}
+# The one panel that ignores the time picker and the filters: whether the pipeline is live now, for everyone.
+LIVE_STATUS = "Live status"
 
 
 def _yaml(relative: str):
@@ -62,11 +67,18 @@ def test_every_datasource_uid_a_dashboard_or_rule_names_is_provisioned():
     named = set()
     for dashboard in DASHBOARDS.values():
         named |= set(_datasource_refs(dashboard["panels"]))
-    for group in _yaml("alerting/error-rate.yaml")["groups"]:
-        for rule in group["rules"]:
-            named |= {d["datasourceUid"] for d in rule["data"]} - {"__expr__"}
-            named |= set(_datasource_refs([d["model"] for d in rule["data"]])) - {"__expr__"}
-    assert named == provisioned
+    assert ALERT_FILES == ["error-rate.yaml", "signup-conversion.yaml"]
+    for name in ALERT_FILES:
+        for group in _yaml(f"alerting/{name}")["groups"]:
+            for rule in group["rules"]:
+                named |= {d["datasourceUid"] for d in rule["data"]}
+                named |= set(_datasource_refs([d["model"] for d in rule["data"]]))
+    assert named - BUILT_IN_UIDS == provisioned
+    # A mixed panel has no datasource of its own: each of its targets must name one.
+    for dashboard in DASHBOARDS.values():
+        for panel in dashboard["panels"]:
+            if panel.get("datasource", {}).get("uid") == "-- Mixed --":
+                assert all(t.get("datasource", {}).get("uid") for t in panel["targets"]), panel["title"]
 
 
 def test_clickhouse_datasource_uses_native_protocol_read_only_user_and_env_settings():
@@ -107,19 +119,32 @@ def test_dashboards_refresh_every_5s_default_to_last_hour_and_offer_1h_6h_24h(ui
     assert all("timeFrom" not in p and "timeShift" not in p for p in d["panels"])
 
 
-def test_product_dashboard_is_a_2x2_grid_of_the_four_panels():
+def test_product_dashboard_shows_live_status_on_top_then_the_panels_two_by_two_without_overlap():
     panels = DASHBOARDS["product-analytics"]["panels"]
     grid = sorted((p["gridPos"]["y"], p["gridPos"]["x"], p["gridPos"]["w"], p["title"]) for p in panels)
-    assert [g[:3] for g in grid] == [(0, 0, 12), (0, 12, 12), (8, 0, 12), (8, 12, 12)]
-    assert [g[3] for g in grid] == ["Active users", "Signup funnel", "Top features", "Error rate"]
+    assert grid[0] == (0, 0, 24, LIVE_STATUS)
+    rows = [grid[i:i + 2] for i in range(1, len(grid), 2)]
+    assert [[title for *_, title in row] for row in rows] == [
+        ["Active users", "Signup funnel"], ["Top features", "Error rate"],
+        ["Signup steps", "Signup conversion over time"]]
+    for (y_left, x_left, w_left, _), (y_right, x_right, w_right, _) in rows:
+        assert (y_left, x_left, w_left) == (y_right, 0, 12) and (x_right, w_right) == (12, 12)
+    # Grafana's grid is 24 columns wide; two panels whose cells intersect would be drawn over each other.
+    cells = [{(p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy) for dx in range(p["gridPos"]["w"])
+              for dy in range(p["gridPos"]["h"])} for p in panels]
+    assert all(x < 24 for c in cells for x, _ in c)
+    assert sum(len(c) for c in cells) == len(set().union(*cells))
+    assert len({p["id"] for p in panels}) == len(panels)
 
 
 def test_panel_formats_fit_how_the_panels_use_them():
     by_title = {p["title"]: p for p in DASHBOARDS["product-analytics"]["panels"]}
     for query in panel_queries(DASHBOARDS["product-analytics"]):
         panel = by_title[query.title]
-        (target,) = panel["targets"]
-        if panel["type"] in ("timeseries", "stat"):
+        (target,) = [t for t in panel["targets"] if t.get("rawSql")]
+        # A line, or a big number with its sparkline, needs a time series; a table, bars of names, or one
+        # number (Live status: the newest event's age) a table.
+        if panel["type"] == "timeseries" or panel.get("options", {}).get("graphMode") == "area":
             assert (query.format, target["queryType"]) == (0, "timeseries"), query.title
         else:
             assert (query.format, target["queryType"]) == (1, "table"), query.title
@@ -134,6 +159,24 @@ def test_panel_formats_fit_how_the_panels_use_them():
     assert by_title["Signup funnel"]["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars"
     assert overrides["conversion_pct"]["custom.drawStyle"] == "line"
     assert overrides["conversion_pct"]["custom.axisPlacement"] == "right"
+    steps = {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+             for o in by_title["Signup steps"]["fieldConfig"]["overrides"]}
+    assert steps["conversion_pct"]["unit"] == "percent"
+    conversion = by_title["Signup conversion over time"]["fieldConfig"]["defaults"]
+    assert (conversion["unit"], conversion["min"], conversion["max"]) == ("percent", 0, 100)
+
+
+def test_live_status_is_green_yellow_red_from_the_newest_event_and_ingests_own_metrics():
+    (panel,) = [p for p in DASHBOARDS["product-analytics"]["panels"] if p["title"] == LIVE_STATUS]
+    targets = {t["refId"]: t for t in panel["targets"]}
+    # Only the status expression is shown; its inputs are hidden.
+    assert [r for r, t in targets.items() if not t.get("hide")] == ["status"]
+    assert targets["A"]["datasource"]["uid"] == "clickhouse"
+    assert {targets[r]["datasource"]["uid"] for r in "BCD"} == {"prometheus"}
+    assert targets["status"]["datasource"]["uid"] == "__expr__" and targets["status"]["type"] == "math"
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert {k: (v["text"], v["color"]) for k, v in mapping["options"].items()} == {
+        "0": ("live", "green"), "1": ("delayed", "yellow"), "2": ("down", "red")}
 
 
 def test_time_series_panels_return_a_time_column_first_in_ascending_order(ch, settings):
@@ -153,8 +196,13 @@ def test_time_series_panels_return_a_time_column_first_in_ascending_order(ch, se
         if query.format == 0:
             times = [r[0] for r in result.result_rows]
             assert isinstance(times[0], datetime), query.title
-            assert times == sorted(set(times)), f"{query.title}: time must ascend, one row per time"
-            assert all(isinstance(v, (int, float)) or v is None for r in result.result_rows for v in r[1:])
+            # Wide (one row per time, numbers beside it) or long (a text column names the series: one row per
+            # time and name), which Grafana turns wide; either way time ascends.
+            labels = [tuple(v for v in r[1:] if isinstance(v, str)) for r in result.result_rows]
+            keys = list(zip(times, labels, strict=True))
+            assert times == sorted(times) and len(set(keys)) == len(keys), \
+                f"{query.title}: time must ascend, one row per time (and series)"
+            assert all(isinstance(v, (int, float, str)) or v is None for r in result.result_rows for v in r[1:])
 
 
 def _variables_named(sql: str) -> set[str]:
@@ -166,6 +214,9 @@ def _variables_named(sql: str) -> set[str]:
 def test_panel_sql_filters_time_with_the_plugin_macros_and_names_only_the_dashboards_variables():
     dashboard = DASHBOARDS["product-analytics"]
     for query in panel_queries(dashboard):
+        if query.title == LIVE_STATUS:  # how old the newest event is now, whatever range is picked
+            assert "$__" not in query.raw_sql and "now() - INTERVAL 10 MINUTE" in query.raw_sql
+            continue
         assert "$__timeFilter(timestamp)" in query.raw_sql or "$__toTime" in query.raw_sql, query.title
     defined = {v["name"] for v in dashboard["templating"]["list"]}
     used = set().union(*(_variables_named(q.raw_sql) for q in panel_queries(dashboard)))
@@ -176,8 +227,9 @@ def test_panel_sql_filters_time_with_the_plugin_macros_and_names_only_the_dashbo
 def test_the_product_dashboard_filters_by_device_and_country_with_values_from_clickhouse():
     dashboard = DASHBOARDS["product-analytics"]
     specs = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert list(specs) == ["device_type", "country_code"]
-    for name, spec in specs.items():
+    assert list(specs) == ["device_type", "country_code", "steps", "breakdown"]
+    for name in ("device_type", "country_code"):
+        spec = specs[name]
         # A query variable on the ClickHouse datasource (the plugin's variable query model), several values or
         # All, All by default, loaded when the dashboard opens, only the values it offers.
         assert spec["type"] == "query" and spec["datasource"] == {"type": "grafana-clickhouse-datasource",
@@ -192,6 +244,20 @@ def test_the_product_dashboard_filters_by_device_and_country_with_values_from_cl
         assert "FROM events" not in sql and f"ORDER BY {name}" in sql
 
 
+def test_the_funnel_steps_are_typed_and_the_breakdown_offers_no_split_first():
+    specs = {v["name"]: v for v in DASHBOARDS["product-analytics"]["templating"]["list"]}
+    steps = specs["steps"]
+    assert steps["type"] == "textbox"
+    assert steps["query"] == steps["current"]["value"] == "signup_started,email_verified,signup_completed"
+    breakdown = specs["breakdown"]
+    assert breakdown["type"] == "query" and breakdown["datasource"]["uid"] == "clickhouse"
+    assert (breakdown["multi"], breakdown["includeAll"]) == (False, False)
+    assert breakdown["current"] == {"text": "none", "value": ""}
+    # Its query follows the steps chosen above it (Grafana resolves variables in order).
+    assert "${steps:singlequote}" in breakdown["query"]["rawSql"]
+    assert list(specs).index("steps") < list(specs).index("breakdown")
+
+
 def _code(sql: str) -> str:
     return re.sub(r"--[^\n]*", "", sql)
 
@@ -199,10 +265,15 @@ def _code(sql: str) -> str:
 def test_every_panel_follows_both_variables_through_conditional_all_and_no_comment_holds_one():
     for query in panel_queries(DASHBOARDS["product-analytics"]):
         code = _code(query.raw_sql)
+        if query.title == LIVE_STATUS:  # liveness is the pipeline's, for everyone
+            assert "$device_type" not in code and "$country_code" not in code
+            continue
         for name in ("device_type", "country_code"):
             # The plugin's optional filter: the condition, or 1=1 at All; and All's own branch switch.
             assert f"$__conditionalAll({name} IN (${name}), ${name})" in code, query.title
-            assert f"$__conditionalAll(false, ${name})" in code, query.title
+            # A panel that reads rollups picks the unsegmented or the segmented one by All's own branch switch.
+            if "_by_segment" in code:
+                assert f"$__conditionalAll(false, ${name})" in code, query.title
         # Grafana's frontend expands $__conditionalAll and variables before the plugin blanks comments, so a
         # mention in a comment would be expanded too (and a call it cannot parse stops it expanding the others).
         comments = "".join(re.findall(r"--[^\n]*", query.raw_sql))
@@ -212,12 +283,15 @@ def test_every_panel_follows_both_variables_through_conditional_all_and_no_comme
 
 def test_the_alert_query_uses_no_template_variables():
     # Alert rules run in Grafana's backend, where no frontend substitutes template variables or $__conditionalAll.
-    for group in _yaml("alerting/error-rate.yaml")["groups"]:
+    checked = 0
+    for group in [g for name in ALERT_FILES for g in _yaml(f"alerting/{name}")["groups"]]:
         for rule in group["rules"]:
             for query in rule["data"]:
                 if "rawSql" in query["model"]:
+                    checked += 1
                     assert not _variables_named(query["model"]["rawSql"]), rule["uid"]
                     assert "$__conditionalAll" not in query["model"]["rawSql"]
+    assert checked >= len(ALERT_FILES)
 
 
 def test_alert_annotations_and_query_models_are_not_substituted_but_labels_are():
@@ -268,5 +342,6 @@ async def test_every_prometheus_expression_names_a_metric_the_service_exposes(ma
 
 def test_panels_command_reads_the_same_dashboard_file():
     assert load_dashboard() == DASHBOARDS["product-analytics"]
-    assert [q.title for q in panel_queries(load_dashboard())] == ["Active users", "Signup funnel", "Top features",
-                                                                  "Error rate"]
+    assert [q.title for q in panel_queries(load_dashboard())] == [
+        LIVE_STATUS, "Active users", "Signup funnel", "Top features", "Error rate", "Signup steps",
+        "Signup conversion over time"]
