@@ -221,6 +221,15 @@ def test_haproxy_accepts_the_file_and_refuses_it_without_the_addresses():
     assert refused.returncode != 0, "without LB_BIND/LB_SERVER_* haproxy must refuse, not bind a default"
 
 
+def test_the_variables_the_file_reads_are_the_clusters_and_documented():
+    lines = [line for line in CONFIG.read_text().splitlines() if not line.lstrip().startswith("#")]
+    read = set(re.findall(r'"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"', "\n".join(lines)))
+    # docker-compose.cluster.yml sets exactly these for its haproxy container.
+    assert read == {"LB_BIND", "LB_SERVER_1", "LB_SERVER_2"}
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "docs" / "configuration.md").read_text(), re.M))
+    assert read <= rows, f"missing from docs/configuration.md: {sorted(read - rows)}"
+
+
 # --- routing -------------------------------------------------------------------------------------------------------
 
 def test_a_repeated_key_reaches_the_process_that_answered_it_and_is_stored_once(rig, tmp_path):
