@@ -34,6 +34,8 @@ from .harness.ports import reserved_port
 from .harness.service import LISTENING, Service, fetch
 from .harness.tools import require_tool
 
+pytestmark = pytest.mark.slow  # real processes: haproxy, ingest
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "haproxy" / "haproxy.cfg"
 OPENAPI = json.loads((ROOT / "ingest" / "api" / "openapi.json").read_text())
