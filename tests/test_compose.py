@@ -22,7 +22,19 @@ from ingest.delivery.pipeline import Pipeline
 
 from .harness.provisioning import grafana_provisioning_variables
 from .harness.tools import require_tool
-from .stack import ROOT, SECRETS, compose, docker_compose, env_example, environment, references, stack_env, volumes
+from .stack import (
+    CLUSTER_SECRETS,
+    ROOT,
+    SECRETS,
+    cluster_compose,
+    compose,
+    docker_compose,
+    env_example,
+    environment,
+    references,
+    stack_env,
+    volumes,
+)
 
 SERVICES = {"clickhouse", "schema", "ingest", "grafana", "prometheus"}
 # Services that run once and exit (the schema step); the others run for as long as the stack does.
@@ -205,20 +217,21 @@ def test_every_variable_compose_reads_is_documented_in_env_example():
 
 
 def test_every_variable_in_env_example_is_read_by_compose_the_ingest_service_or_grafana():
-    read = {name for name, _, _ in references()} | set(ENV_VARS) | grafana_provisioning_variables()
+    read = ({name for name, _, _ in references() + references(cluster_compose())} | set(ENV_VARS)
+            | grafana_provisioning_variables())
     unread = sorted(set(env_example()) - read)
     assert not unread, f".env.example documents variables nothing reads: {unread}"
 
 
 def test_secrets_are_required_everywhere_and_placeholders_in_env_example():
     documented = env_example()
-    for name, op, _ in references():
-        if name in SECRETS:
+    for name, op, _ in references() + references(cluster_compose()):
+        if name in SECRETS + CLUSTER_SECRETS:
             assert op == ":?", f"${{{name}}} must use :? so compose refuses to start without it"
-    for name in SECRETS:
+    for name in SECRETS + CLUSTER_SECRETS:
         assert documented[name] == "replace-me", name
     placeholders = {name for name, value in documented.items() if value == "replace-me"}
-    assert placeholders == set(SECRETS)
+    assert placeholders == set(SECRETS + CLUSTER_SECRETS)
 
 
 def test_compose_defaults_are_the_ingest_services_defaults():
