@@ -13,6 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# The overlay that runs the same stack on a ClickHouse cluster (docs/scaling.md).
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; `$$` is a literal `$`.
@@ -20,6 +22,8 @@ _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}
 
 SECRETS = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_GRAFANA_PASSWORD",
            "GRAFANA_ADMIN_PASSWORD")
+# Secrets only the cluster overlay reads.
+CLUSTER_SECRETS = ("CLICKHOUSE_CLUSTER_SECRET",)
 
 
 @cache
@@ -41,10 +45,17 @@ def _strings(node: Any) -> list[str]:
     return [node] if isinstance(node, str) else []
 
 
-def references() -> list[tuple[str, str | None, str]]:
-    """Every ${...} in the compose file's values (as compose interpolates them, comments aside),
-    as (name, operator or None, default/message)."""
-    return [(m[1], m[2], m[3] or "") for s in _strings(compose()) for m in _INTERPOLATION.finditer(s)]
+@cache
+def cluster_compose() -> dict[str, Any]:
+    """The cluster overlay as written (variables not interpolated, YAML merge keys resolved)."""
+    return yaml.safe_load(CLUSTER_FILE.read_text())
+
+
+def references(document: dict[str, Any] | None = None) -> list[tuple[str, str | None, str]]:
+    """Every ${...} in a compose file's values (default: docker-compose.yml; as compose interpolates them, comments
+    aside), as (name, operator or None, default/message)."""
+    return [(m[1], m[2], m[3] or "") for s in _strings(compose() if document is None else document)
+            for m in _INTERPOLATION.finditer(s)]
 
 
 def env_example() -> dict[str, str]:
@@ -59,20 +70,23 @@ def env_example() -> dict[str, str]:
 
 def stack_env(**overrides: str | None) -> dict[str, str]:
     """A complete .env for the stack: every secret set; None removes a variable."""
-    env = {name: f"test-{name.lower().replace('_', '-')}" for name in SECRETS}
+    env = {name: f"test-{name.lower().replace('_', '-')}" for name in (*SECRETS, *CLUSTER_SECRETS)}
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
 
 
-def docker_compose(tool: str, tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """Run the real docker-compose on the repository's file with `env` as its .env file.
+def docker_compose(tool: str, tmp_path: Path, env: dict[str, str], *args: str,
+                   files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess.CompletedProcess:
+    """Run the real docker-compose on the repository's file (or files, the later overlaying the earlier) with `env`
+    as its .env file.
 
     The process environment holds only PATH and HOME, so nothing from the caller's shell leaks in.
     """
     env_file = tmp_path / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    chosen = [option for path in files for option in ("-f", str(path))]
     return subprocess.run(
-        [tool, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
+        [tool, "--project-directory", str(ROOT), *chosen, "--env-file", str(env_file), *args],
         capture_output=True, text=True, timeout=120,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
     )

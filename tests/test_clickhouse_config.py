@@ -1,5 +1,6 @@
-"""ClickHouse server configuration (clickhouse/users.d, clickhouse/config.d): least privilege, checked
-against the compose file, the init SQL and, where an engine is needed, the embedded engine."""
+"""ClickHouse server configuration (clickhouse/users.d, clickhouse/config.d) and the stack's SQL users (the `schema`
+service's access statements, ingest.storage.targets): least privilege, checked against the compose file, the init
+SQL and, where an engine is needed, the embedded engine."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import clickhouse_connect
 import pytest
 import yaml
 
+from ingest.config import Settings
 from ingest.storage.ddl import ddl_files, statements
 from ingest.storage.rollups import defined_rollups
+from ingest.storage.targets import Target, access_statements
 
+from .server_users import Access
 from .stack import ROOT, SECRETS, compose, environment, init_table_names, stack_env
 
 USERS_D = ROOT / "clickhouse" / "users.d"
@@ -30,7 +34,7 @@ def test_every_clickhouse_xml_parses_with_the_clickhouse_root(path):
 
 
 def test_there_are_config_files_to_check():
-    assert len(list(USERS_D.glob("*.xml"))) >= 3 and len(list(CONFIG_D.glob("*.xml"))) >= 2
+    assert len(list(USERS_D.glob("*.xml"))) >= 2 and len(list(CONFIG_D.glob("*.xml"))) >= 2
 
 
 def users() -> dict[str, ET.Element]:
@@ -42,30 +46,46 @@ def users() -> dict[str, ET.Element]:
     return found
 
 
-def profiles() -> dict[str, ET.Element]:
-    return {p.tag: p for path in sorted(USERS_D.glob("*.xml")) for p in ET.parse(path).getroot().findall("profiles/*")}
-
-
 def clickhouse_env() -> dict[str, str]:
     return environment("clickhouse", stack_env())
 
 
-def test_the_users_are_exactly_admin_ingest_and_grafana_and_default_is_removed():
+def schema_env(**overrides: str) -> dict[str, str]:
+    return environment("schema", stack_env(**overrides))
+
+
+def sql_access(**overrides: str) -> Access:
+    """What the schema service creates by SQL: the statements `schema apply` sends for the database and passwords
+    compose gives it, read back as roles, users and profiles."""
+    env = schema_env(**overrides)
+    database = Settings.from_env(env).clickhouse_database
+    passwords = {"ingest": env["CLICKHOUSE_INGEST_PASSWORD"], "grafana": env["CLICKHOUSE_GRAFANA_PASSWORD"]}
+    return Access.read(access_statements(Target("server"), database, passwords))
+
+
+def test_users_d_holds_only_admin_and_removes_the_images_default():
+    """ingest and grafana are SQL users (the schema service makes them); users.d only bootstraps the admin."""
     defined = users()
-    assert set(defined) == {"default", "admin", "ingest", "grafana"}
+    assert set(defined) == {"default", "admin"}
     assert defined["default"].get("remove") is not None and len(defined["default"]) == 0
 
 
-@pytest.mark.parametrize("name", ["admin", "ingest", "grafana"])
-def test_every_user_has_a_password_from_a_required_environment_variable(name):
-    user = users()[name]
-    passwords = [e for e in user if "password" in e.tag]
+def test_the_admins_password_comes_from_a_required_environment_variable():
+    passwords = [e for e in users()["admin"] if "password" in e.tag]
     assert len(passwords) == 1 and passwords[0].tag == "password"
     variable = passwords[0].get("from_env")
-    assert variable == f"CLICKHOUSE_{name.upper()}_PASSWORD" and not (passwords[0].text or "").strip()
+    assert variable == "CLICKHOUSE_ADMIN_PASSWORD" and not (passwords[0].text or "").strip()
     assert variable in SECRETS, "compose must refuse to start without it"
     # The server container receives it (so from_env finds it).
     assert clickhouse_env()[variable] == stack_env()[variable]
+
+
+def test_the_sql_users_get_the_passwords_from_env():
+    access = sql_access()
+    assert access.user_password == {"ingest": stack_env()["CLICKHOUSE_INGEST_PASSWORD"],
+                                    "grafana": stack_env()["CLICKHOUSE_GRAFANA_PASSWORD"]}
+    # Only the schema step needs them: the server container never sees the services' passwords.
+    assert not {"CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_GRAFANA_PASSWORD"} & set(clickhouse_env())
 
 
 def test_every_from_env_variable_reaches_the_clickhouse_container():
@@ -75,29 +95,30 @@ def test_every_from_env_variable_reaches_the_clickhouse_container():
 
 def test_only_admin_manages_access():
     assert users()["admin"].findtext("access_management") == "1"
+    access = sql_access()
     for name in ("ingest", "grafana"):
-        assert users()[name].findtext("access_management") in (None, "0")
-
-
-def grants(name: str) -> list[str]:
-    """The user's GRANT statements as the server reads them (from_env resolved from compose)."""
-    out = []
-    for query in users()[name].findall("grants/query"):
-        out.append(clickhouse_env()[query.get("from_env")] if query.get("from_env") else query.text.strip())
-    return out
+        for grant in access.grants_of(name):
+            assert not re.search(r"\b(ALL|ACCESS MANAGEMENT|CREATE USER|CREATE ROLE|ROLE ADMIN)\b|GRANT OPTION",
+                                 grant), (name, grant)
+        assert access.user_roles[name] == access.default_roles[name], name
 
 
 GRANT = re.compile(r"GRANT (?P<privilege>[A-Z ]+)(?:\((?P<columns>[\w, ]+)\))? ON `?(?P<database>\w+)`?\."
                    r"(?P<table>\w+\*?|\*)")
 
 
+def grants(name: str, **overrides: str) -> list[str]:
+    """The GRANT clauses the user has once logged in (through its default role)."""
+    return sql_access(**overrides).grants_of(name)
+
+
 def test_ingest_may_insert_and_read_only_what_checking_its_inserts_needs():
     """INSERT into the analytics database (events, and rollups on a repair); SELECT of exactly what the check after
     a crash reads (ingest.storage.sink.Sink.stored_inserts, ingest.storage.rollups.repair), never the events'
     content."""
-    database = clickhouse_env()["CLICKHOUSE_DB"]
+    database = schema_env()["CLICKHOUSE_DATABASE"]
     parsed = [GRANT.fullmatch(g) for g in grants("ingest")]
-    assert all(parsed), grants("ingest")
+    assert parsed and all(parsed), grants("ingest")
     assert {m["database"] for m in parsed} == {database}
     assert [m["table"] for m in parsed if m["privilege"] == "INSERT"] == ["*"]
     selects = {m["table"]: m["columns"] for m in parsed if m["privilege"] == "SELECT"}
@@ -111,32 +132,37 @@ def test_ingest_may_insert_and_read_only_what_checking_its_inserts_needs():
 
 
 def test_grafana_may_only_select_from_the_analytics_database_and_the_schema_tables():
-    database = clickhouse_env()["CLICKHOUSE_DB"]
+    database = schema_env()["CLICKHOUSE_DATABASE"]
     parsed = [GRANT.fullmatch(g) for g in grants("grafana")]
-    assert all(parsed), grants("grafana")
+    assert parsed and all(parsed), grants("grafana")
     assert {m["privilege"] for m in parsed} == {"SELECT"}
     assert {(m["database"], m["table"]) for m in parsed} == {
         (database, "*"), ("system", "databases"), ("system", "tables"), ("system", "columns")}
 
 
-def test_the_database_the_grants_name_is_the_one_the_image_creates_and_the_services_use():
+def test_the_database_the_grants_name_is_the_one_the_schema_creates_and_the_services_use():
     env = stack_env(CLICKHOUSE_DATABASE="shop_events")
-    server = environment("clickhouse", env)
-    assert server["CLICKHOUSE_DB"] == "shop_events"
+    assert Settings.from_env(environment("schema", env)).clickhouse_database == "shop_events"
     assert environment("ingest", env)["CLICKHOUSE_DATABASE"] == "shop_events"
     assert environment("grafana", env)["CLICKHOUSE_DATABASE"] == "shop_events"
-    assert server["CLICKHOUSE_INGEST_GRANT"] == "GRANT INSERT ON `shop_events`.*"
-    assert server["CLICKHOUSE_GRAFANA_GRANT"] == "GRANT SELECT ON `shop_events`.*"
-    ingest = [server[q.get("from_env")] for q in users()["ingest"].findall("grants/query")]
-    assert all(GRANT.fullmatch(g)["database"] == "shop_events" for g in ingest), ingest
+    for name in ("ingest", "grafana"):
+        named = {GRANT.fullmatch(g)["database"] for g in grants(name, CLICKHOUSE_DATABASE="shop_events")}
+        assert named - {"system"} == {"shop_events"}, name
+
+
+def grafana_profile() -> dict[str, str]:
+    """The grafana user's settings profile: {setting: its clause}."""
+    access = sql_access()
+    clauses = access.profiles[access.user_profile["grafana"]]
+    return {clause.split()[0]: clause for clause in clauses}
 
 
 def test_grafana_is_readonly_but_may_set_what_the_plugin_sends():
-    (profile_name,) = [users()["grafana"].findtext("profile")]
-    profile = profiles()[profile_name]
-    assert profile.findtext("readonly") == "1"
-    constraint = profile.find("constraints/max_execution_time")
-    assert constraint is not None and constraint.find("changeable_in_readonly") is not None
+    profile = grafana_profile()
+    assert profile["readonly"] == "readonly = 1"
+    for setting in ("max_execution_time", "limit", "enable_http_compression", "default_format"):
+        assert profile[setting].endswith(" CHANGEABLE_IN_READONLY"), setting
+    assert set(profile) == {"readonly", "max_execution_time", "limit", "enable_http_compression", "default_format"}
 
 
 def test_grafanas_time_limit_is_what_the_plugin_sends_for_the_datasources_query_timeout():
@@ -145,16 +171,18 @@ def test_grafanas_time_limit_is_what_the_plugin_sends_for_the_datasources_query_
     sources = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text())
     (clickhouse,) = [d for d in sources["datasources"] if d["type"] == "grafana-clickhouse-datasource"]
     sent_at_most = int(clickhouse["jsonData"]["queryTimeout"]) + 5
-    profile = profiles()[users()["grafana"].findtext("profile")]
-    constraint = profile.find("constraints/max_execution_time")
-    assert int(profile.findtext("max_execution_time")) == sent_at_most == 65
-    assert int(constraint.findtext("min")) <= sent_at_most - 1 and int(constraint.findtext("max")) == sent_at_most
+    m = re.fullmatch(r"max_execution_time = (\d+) MIN (\d+) MAX (\d+) CHANGEABLE_IN_READONLY",
+                     grafana_profile()["max_execution_time"])
+    assert m, grafana_profile()["max_execution_time"]
+    assert int(m[1]) == sent_at_most == 65
+    assert int(m[2]) <= sent_at_most - 1 and int(m[3]) == sent_at_most
 
 
 def test_ingest_may_set_per_insert_settings():
     """Each insert carries insert_deduplication_token: the ingest user must not be readonly."""
-    profile = profiles().get(users()["ingest"].findtext("profile"))
-    assert profile is None or profile.findtext("readonly") in (None, "0")
+    access = sql_access()
+    profile = access.user_profile["ingest"]
+    assert profile is None or not any(c.startswith("readonly") for c in access.profiles[profile])
 
 
 @pytest.fixture
@@ -173,15 +201,15 @@ def engine(chdb_path):
     scoped.close()
 
 
-def test_every_grant_is_valid_clickhouse_and_names_tables_that_exist(engine):
+def test_every_access_statement_is_valid_clickhouse_and_every_grant_names_tables_that_exist(engine):
     client, database = engine
-    env = stack_env(CLICKHOUSE_DATABASE=database)
-    server = environment("clickhouse", env)
+    env = schema_env(CLICKHOUSE_DATABASE=database)
+    passwords = {"ingest": env["CLICKHOUSE_INGEST_PASSWORD"], "grafana": env["CLICKHOUSE_GRAFANA_PASSWORD"]}
+    for statement in access_statements(Target("server"), database, passwords):
+        # ClickHouse's own parser (the embedded engine cannot store users and roles: tests/server_users.py).
+        client.command("SELECT formatQuery(%(q)s)", parameters={"q": statement})
     for name in ("ingest", "grafana"):
-        for query in users()[name].findall("grants/query"):
-            grant = server[query.get("from_env")] if query.get("from_env") else query.text.strip()
-            # ClickHouse's own parser (a grant in users.xml is a GRANT without TO).
-            client.command("SELECT formatQuery(%(q)s)", parameters={"q": f"{grant} TO {name}"})
+        for grant in grants(name, CLICKHOUSE_DATABASE=database):
             m = GRANT.fullmatch(grant)
             tables = client.query("SELECT name FROM system.tables WHERE database = %(d)s",
                                   parameters={"d": m["database"]}).result_rows
@@ -192,15 +220,10 @@ def test_every_grant_is_valid_clickhouse_and_names_tables_that_exist(engine):
                 assert (m["table"],) in tables, f"{grant}: no table {m['table']}"
 
 
-def test_settings_in_constraints_and_profiles_are_real_settings(engine):
+def test_settings_in_profiles_are_real_settings(engine):
     client, _ = engine
     known = {row[0] for row in client.query("SELECT name FROM system.settings").result_rows}
-    for name, profile in profiles().items():
-        for element in profile:
-            if element.tag != "constraints":
-                assert element.tag in known, f"profile {name}: unknown setting {element.tag}"
-        for constraint in profile.findall("constraints/*"):
-            assert constraint.tag in known, f"profile {name}: constraint on unknown setting {constraint.tag}"
+    assert set(grafana_profile()) <= known, set(grafana_profile()) - known
 
 
 # --- server config ---------------------------------------------------------------------------------
@@ -278,16 +301,20 @@ def test_system_log_ttls_are_valid_expressions(engine):
 
 def test_compose_mounts_exactly_these_directories():
     mounts = {spec.split(":")[0] for spec in compose()["services"]["clickhouse"]["volumes"]}
-    assert {"./clickhouse/users.d", "./clickhouse/config.d", "./clickhouse/init"} <= mounts
+    assert {"./clickhouse/users.d", "./clickhouse/config.d"} <= mounts
+    # The image's init (/docker-entrypoint-initdb.d) is not used: the schema service applies the schema.
+    assert not [m for m in mounts if m.startswith("./clickhouse/init")]
     assert Path(USERS_D).is_dir() and Path(CONFIG_D).is_dir()
 
 
-def test_the_image_init_runs_as_admin_and_leaves_the_read_only_users_d_alone():
-    """With CLICKHOUSE_USER/PASSWORD set, the image writes users.d/default-user.xml unless told not
-    to; users.d is mounted read-only, so that write would stop the container."""
+def test_the_image_runs_no_init_and_leaves_the_read_only_users_d_alone():
+    """Without CLICKHOUSE_USER/PASSWORD the image writes users.d/default-user.xml unless told not to; users.d is
+    mounted read-only, so that write would stop the container. Without CLICKHOUSE_DB and init scripts it starts no
+    temporary init server."""
     env = clickhouse_env()
     assert env["CLICKHOUSE_SKIP_USER_SETUP"] == "1"
-    assert env["CLICKHOUSE_USER"] == "admin" and "admin" in users()
-    assert env["CLICKHOUSE_PASSWORD"] == stack_env()["CLICKHOUSE_ADMIN_PASSWORD"]
+    init = {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD", "CLICKHOUSE_DB", "CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"}
+    assert not init & set(env)
     mounts = {spec.split(":")[1]: spec.split(":")[-1] for spec in compose()["services"]["clickhouse"]["volumes"]}
     assert mounts["/etc/clickhouse-server/users.d"] == "ro"
+    assert "/docker-entrypoint-initdb.d" not in mounts

@@ -17,14 +17,28 @@ import pytest
 import yaml
 
 from ingest.api.server import HTTP_SHUTDOWN_SECONDS
-from ingest.config import ENV_VARS, Settings
+from ingest.config import ENV_VARS, SchemaSecrets, Settings
 from ingest.delivery.pipeline import Pipeline
 
 from .harness.provisioning import grafana_provisioning_variables
 from .harness.tools import require_tool
-from .stack import ROOT, SECRETS, compose, docker_compose, env_example, environment, references, stack_env, volumes
+from .stack import (
+    CLUSTER_SECRETS,
+    ROOT,
+    SECRETS,
+    cluster_compose,
+    compose,
+    docker_compose,
+    env_example,
+    environment,
+    references,
+    stack_env,
+    volumes,
+)
 
-SERVICES = {"clickhouse", "ingest", "grafana", "prometheus"}
+SERVICES = {"clickhouse", "schema", "ingest", "grafana", "prometheus"}
+# Services that run once and exit (the schema step); the others run for as long as the stack does.
+ONE_SHOT = {"schema"}
 
 
 def services() -> dict:
@@ -50,22 +64,34 @@ def test_docker_compose_refuses_to_start_while_a_secret_is_unset_or_empty(tmp_pa
     assert f"set {secret} in .env" in result.stderr
 
 
-def test_docker_compose_resolves_the_database_name_into_every_service_and_grant(tmp_path):
+def test_docker_compose_resolves_the_database_name_into_every_service(tmp_path):
     tool = require_tool("docker-compose")
     env = stack_env(CLICKHOUSE_DATABASE="shop_events")
     result = docker_compose(tool, tmp_path, env, "config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
-    clickhouse = resolved["clickhouse"]["environment"]
-    assert clickhouse["CLICKHOUSE_DB"] == "shop_events"
-    grants = {name: value for name, value in clickhouse.items() if name.endswith("_GRANT") or "_GRANT_" in name}
-    assert len(grants) == 6 and all(" ON `shop_events`." in grant for grant in grants.values()), grants
-    assert clickhouse["CLICKHOUSE_GRAFANA_GRANT"] == "GRANT SELECT ON `shop_events`.*"
-    assert resolved["ingest"]["environment"]["CLICKHOUSE_DATABASE"] == "shop_events"
-    assert resolved["grafana"]["environment"]["CLICKHOUSE_DATABASE"] == "shop_events"
+    for name in ("schema", "ingest", "grafana"):
+        assert resolved[name]["environment"]["CLICKHOUSE_DATABASE"] == "shop_events", name
+    # The grants are built from it by the schema step (tests/test_clickhouse_config.py), not written here.
+    assert not [k for k in resolved["clickhouse"]["environment"] if "GRANT" in k]
     # Our own reading of the file (used by the other tests) agrees with the real implementation.
     for name in SERVICES:
         assert {k: str(v) for k, v in resolved[name].get("environment", {}).items()} == environment(name, env)
+
+
+def test_docker_compose_keeps_the_order_the_services_start_in(tmp_path):
+    """1.29 knows `service_completed_successfully` (it rejects a condition it does not know, below) and keeps it."""
+    tool = require_tool("docker-compose")
+    result = docker_compose(tool, tmp_path, stack_env(), "config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert resolved["ingest"]["depends_on"]["schema"] == {"condition": "service_completed_successfully"}
+    assert resolved["schema"]["depends_on"]["clickhouse"] == {"condition": "service_healthy"}
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump({"services": {
+        "a": {"image": "a:1.0.0"}, "b": {"image": "b:1.0.0", "depends_on": {"a": {"condition": "service_finished"}}}}}))
+    refused = subprocess.run([tool, "-f", str(broken), "config"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "service_finished" in refused.stderr
 
 
 def test_docker_compose_rejects_what_it_does_not_know(tmp_path):
@@ -79,7 +105,7 @@ def test_docker_compose_rejects_what_it_does_not_know(tmp_path):
 
 # --- images, health, order -------------------------------------------------------------------------
 
-def test_the_stack_has_exactly_the_four_services():
+def test_the_stack_has_exactly_these_services():
     assert set(services()) == SERVICES
 
 
@@ -104,7 +130,7 @@ def dockerfile_healthcheck() -> str | None:
     return m[0] if m else None
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(SERVICES - ONE_SHOT))
 def test_every_service_has_a_healthcheck(name):
     service = services()[name]
     if "healthcheck" in service:
@@ -115,19 +141,40 @@ def test_every_service_has_a_healthcheck(name):
         assert dockerfile_healthcheck(), "ingest/Dockerfile has no HEALTHCHECK"
 
 
-def test_startup_order_waits_for_health_never_for_time():
-    expected = {"ingest": {"clickhouse"}, "grafana": {"clickhouse", "prometheus"}}
+def test_startup_order_waits_for_health_and_the_schema_never_for_time():
+    expected = {"schema": {"clickhouse"}, "ingest": {"clickhouse", "schema"},
+                "grafana": {"clickhouse", "schema", "prometheus"}}
     for name, service in services().items():
         depends = service.get("depends_on", {})
         assert isinstance(depends, dict), f"{name}: depends_on must say which condition it waits for"
         assert set(depends) == expected.get(name, set()), name
         for dependency, spec in depends.items():
+            if dependency in ONE_SHOT:
+                assert spec == {"condition": "service_completed_successfully"}, f"{name} -> {dependency}"
+                continue
             assert spec == {"condition": "service_healthy"}, f"{name} -> {dependency}"
             assert "healthcheck" in services()[dependency], f"{dependency} is waited on but has no healthcheck"
     assert not re.search(r"\bsleep\b", Path(ROOT / "docker-compose.yml").read_text())
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_the_schema_step_applies_the_schema_as_admin_and_does_nothing_else():
+    """`python -m ingest schema apply` (ingest/cli/schema.py), from the ingest image, as admin on the stack's server;
+    it exits when done, and is not restarted (a failure stays visible, and ingest and Grafana do not start)."""
+    schema = services()["schema"]
+    assert schema["build"] == services()["ingest"]["build"]
+    assert schema["command"] == ["python", "-m", "ingest", "schema", "apply"]
+    assert "restart" not in schema and "ports" not in schema and "volumes" not in schema
+    assert schema["healthcheck"] == {"disable": True}  # the image's HEALTHCHECK is ingest's /health
+    env = environment("schema", stack_env())
+    assert env["CLICKHOUSE_ADMIN_URL"] == f"http://admin:{stack_env()['CLICKHOUSE_ADMIN_PASSWORD']}@clickhouse:8123"
+    secrets = SchemaSecrets.from_env(env)
+    assert (secrets.ingest_password, secrets.grafana_password) == (
+        stack_env()["CLICKHOUSE_INGEST_PASSWORD"], stack_env()["CLICKHOUSE_GRAFANA_PASSWORD"])
+    assert Settings.from_env(env).clickhouse_database == "analytics"
+    assert "GRAFANA_ADMIN_PASSWORD" not in env
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES - ONE_SHOT))
 def test_every_service_restarts_unless_stopped(name):
     assert services()[name].get("restart") == "unless-stopped"
 
@@ -146,13 +193,6 @@ def test_clickhouse_may_open_many_files():
     assert nofile["soft"] >= 262144 and nofile["hard"] >= nofile["soft"]
 
 
-def test_clickhouse_runs_its_init_at_every_start():
-    """The image skips /docker-entrypoint-initdb.d once its data directory exists unless this is set: a failed
-    first init would never be retried and a new DDL file never applied (tests/test_server_roles.py runs the
-    init twice to show it is idempotent)."""
-    assert services()["clickhouse"]["environment"]["CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"] == "1"
-
-
 # --- ports -------------------------------------------------------------------------------------
 
 def published(name: str) -> list[str]:
@@ -164,6 +204,7 @@ def test_only_grafana_and_ingest_are_published_to_everyone_and_clickhouse_only_t
     assert published("ingest") == ["${INGEST_PORT:-3001}:3001"]
     assert published("clickhouse") == ["127.0.0.1:${CLICKHOUSE_HTTP_PORT:-8123}:8123"]
     assert published("prometheus") == []
+    assert published("schema") == []
     assert "expose" not in str(services())
 
 
@@ -176,20 +217,21 @@ def test_every_variable_compose_reads_is_documented_in_env_example():
 
 
 def test_every_variable_in_env_example_is_read_by_compose_the_ingest_service_or_grafana():
-    read = {name for name, _, _ in references()} | set(ENV_VARS) | grafana_provisioning_variables()
+    read = ({name for name, _, _ in references() + references(cluster_compose())} | set(ENV_VARS)
+            | grafana_provisioning_variables())
     unread = sorted(set(env_example()) - read)
     assert not unread, f".env.example documents variables nothing reads: {unread}"
 
 
 def test_secrets_are_required_everywhere_and_placeholders_in_env_example():
     documented = env_example()
-    for name, op, _ in references():
-        if name in SECRETS:
+    for name, op, _ in references() + references(cluster_compose()):
+        if name in SECRETS + CLUSTER_SECRETS:
             assert op == ":?", f"${{{name}}} must use :? so compose refuses to start without it"
-    for name in SECRETS:
+    for name in SECRETS + CLUSTER_SECRETS:
         assert documented[name] == "replace-me", name
     placeholders = {name for name, value in documented.items() if value == "replace-me"}
-    assert placeholders == set(SECRETS)
+    assert placeholders == set(SECRETS + CLUSTER_SECRETS)
 
 
 def test_compose_defaults_are_the_ingest_services_defaults():
@@ -292,12 +334,12 @@ EXPECTED_MOUNTS = {
     "clickhouse": {
         ("clickhouse-data", "/var/lib/clickhouse", "rw"),
         ("clickhouse-logs", "/var/log/clickhouse-server", "rw"),
-        ("./clickhouse/init", "/docker-entrypoint-initdb.d", "ro"),
         ("./clickhouse/config.d", "/etc/clickhouse-server/config.d", "ro"),
         ("./clickhouse/users.d", "/etc/clickhouse-server/users.d", "ro"),
     },
     # The write-ahead log and dead letters must outlive the container.
     "ingest": {("ingest-data", "/var/lib/ingest", "rw")},
+    "schema": set(),
     "grafana": {
         ("./grafana/provisioning", "/etc/grafana/provisioning", "ro"),
         ("./grafana/dashboards", "/var/lib/grafana/dashboards", "ro"),
@@ -356,7 +398,7 @@ def test_promtool_accepts_the_prometheus_config():
 @pytest.mark.parametrize("path, ignored", [
     (".env", True), (".env.production", True), ("data/clickhouse/store/x", True), ("backups/ch.tar.gz", True),
     (".venv/bin/python", True), ("venv/bin/python", True),
-    (".env.example", False), ("docker-compose.yml", False), ("clickhouse/users.d/ingest.xml", False),
+    (".env.example", False), ("docker-compose.yml", False), ("clickhouse/users.d/admin.xml", False),
 ])
 def test_gitignore_keeps_secrets_data_and_virtualenvs_out(path, ignored):
     result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)

@@ -1,9 +1,10 @@
 """The stack's ClickHouse users (admin, ingest, grafana) doing their real work on the real engine.
 
-Each role runs in its own process over one data directory, with clickhouse/users.d and the compose environment
-loaded by ClickHouse itself (tests/server_users.py, which also lists what this cannot prove). In order: admin
-applies the schema as the image's first boot runs clickhouse/init/00_schema.sh; ingest inserts events as the
-service does; grafana runs every panel query and the alert query of the provisioned files.
+Each role runs in its own process over one data directory (tests/server_users.py, which also lists what this cannot
+prove). In order: the compose stack's `schema` service runs, as admin, its own command with its own environment
+against the engine over ClickHouse's HTTP interface, creating the schema and, by SQL, the roles and users; ingest
+inserts events as the service does, with the grants that run gave its role; grafana runs every panel query and the
+alert query of the provisioned files.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def as_event(row: tuple) -> dict:
 def stack(tmp_path_factory):
     """A data directory initialised by admin, with an unrelated database beside the analytics one."""
     users = ServerUsers(tmp_path_factory.mktemp("server-users"), DB)
-    outcomes = users.run_init_as_admin()
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    run = users.apply_schema()
+    assert run.returncode == 0, run.stderr
     outcomes = users.run("admin", [("command", None, "CREATE DATABASE other"),
                                    ("command", None, "CREATE TABLE other.t (x UInt8) ENGINE = MergeTree ORDER BY x")])
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
@@ -73,12 +74,25 @@ def test_admin_creates_every_table_and_view_of_the_init_sql(stack):
 
 
 def test_every_view_runs_as_admin_its_definer(stack):
-    """On a server the init script's user (admin) is every view's definer; a view without one runs as the
+    """On a server the schema service's user (admin) is every view's definer; a view without one runs as the
     inserting user, and ClickHouse 26.8 then refuses every insert by ingest."""
+    assert stack.schema_user == "admin"
     (views,) = stack.run("admin", [("query", None, VIEWS_SQL, None)])
     assert len(views.rows) == len(ROLLUPS)
     for name, create in views.rows:
-        assert definer(create) == (stack.env["CLICKHOUSE_USER"], "DEFINER"), name
+        assert definer(create) == ("admin", "DEFINER"), name
+
+
+def test_the_schema_service_says_what_it_did_and_sends_everything_as_admin(stack):
+    run = stack.schema_runs[-1]
+    assert f"database {DB}, its tables and views; roles ingest_writer and grafana_reader, users ingest and grafana" \
+        in run.stderr
+    assert stack.env["CLICKHOUSE_ADMIN_PASSWORD"] not in run.stdout + run.stderr  # the URL is redacted
+    assert {s["user"] for s in stack.statements} == {"admin"}
+    assert not [s for s in stack.statements if s.get("error")]
+    # Everything but the access statements ran on the engine; those the engine's parser took (see server_users.py).
+    assert not stack.access.unread
+    assert set(stack.access.user_roles) == {"ingest", "grafana"}
 
 
 # --- ingest --------------------------------------------------------------------------------------------------------
@@ -235,44 +249,60 @@ def test_grafana_may_only_read(stack):
 
 # --- a volume initialised before the views had a definer ------------------------------------------------------------
 
-def test_a_volume_from_the_old_ddl_is_repaired_by_the_next_init(tmp_path):
+def test_a_volume_from_the_old_ddl_is_repaired_by_the_next_schema_run(tmp_path):
     """Views created without a definer (the DDL before 003_view_definers.sql) refuse ingest's inserts until the
-    init runs again, as it does at every start of the stack. The refused insert had already written its block to
+    schema runs again, as it does at every `docker compose up`. The refused insert had already written its block to
     events (a failing view does not undo that); the service's retry of the same batch (same token) is dropped there
     and fills the rollups, so every count ends exact."""
     users = ServerUsers(tmp_path, DB)
+    assert users.apply_schema().returncode == 0
     sql_dir = ROOT / "clickhouse" / "init" / "sql"
     old_rollups = (sql_dir / "002_rollups.sql").read_text().replace("DEFINER = CURRENT_USER SQL SECURITY DEFINER", "")
-    old = users.run("admin", [("command", None, f"CREATE DATABASE {DB}"),
-                              ("multiquery", DB, (sql_dir / "001_events.sql").read_text()),
+    old = users.run("admin", [*[("command", DB, f"DROP VIEW {r}_mv SYNC") for r in ROLLUPS[:4]],
                               ("multiquery", DB, old_rollups)])
     assert all(o.ok for o in old), [o.error for o in old if not o.ok]
+    (views,) = users.run("admin", [("query", None, VIEWS_SQL, None)])
+    assert sum(definer(create) == (None, None) for _, create in views.rows) == 4
     event = as_event(truth.build_events()[0])
     (refused,) = users.run("ingest", [("ingest", [event], "old-volume")])
     assert refused.code == 497 and "while pushing to view" in refused.error
     # The service reads this as a fault only an operator can fix (logged as an error, named in /health).
     assert failure_kind(Exception(refused.error)) == "access_denied"
 
-    assert all(o.ok for o in users.run_init_as_admin())
+    assert users.apply_schema().returncode == 0
     (stored,) = users.run("ingest", [("ingest", [event], "old-volume")])  # the service retries the same batch
     assert stored.ok, stored.error
     counts = users.run("grafana", [("query", DB, f"SELECT count() FROM {r}", None) for r in ("events", *ROLLUPS[:2])])
     assert [c.rows for c in counts] == [[(1,)], [(1,)], [(5,)]]  # one event, its minute, its five 5-minute windows
 
 
-# --- the init at every start, and what "healthy" means --------------------------------------------------------------
+# --- the schema at every `up`, and what "healthy" means -------------------------------------------------------------
 
-def test_the_init_can_run_at_every_start(tmp_path):
-    """compose sets CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS: the second run must succeed and change nothing."""
+def test_the_schema_service_can_run_at_every_up(tmp_path):
+    """The one-shot schema service runs at every `docker compose up`: the second run must succeed, change no table
+    and send the same access statements (a role's grants revoked and given again, passwords set again)."""
     users = ServerUsers(tmp_path, DB)
-    assert all(o.ok for o in users.run_init_as_admin())
+    assert users.apply_schema().returncode == 0
+    first = [s["sql"] for s in users.statements if not s["executed"]]
     (before,) = users.run("admin", [("query", None, f"SELECT name, create_table_query FROM system.tables "
                                                     f"WHERE database = '{DB}' ORDER BY name", None)])
-    again = users.run_init_as_admin()
-    assert all(o.ok for o in again), [o.error for o in again if not o.ok]
+    again = users.apply_schema()
+    assert again.returncode == 0, again.stderr
     (after,) = users.run("admin", [("query", None, f"SELECT name, create_table_query FROM system.tables "
                                                    f"WHERE database = '{DB}' ORDER BY name", None)])
     assert after.rows == before.rows
+    assert [s["sql"] for s in users.statements if not s["executed"]] == first
+
+
+def test_the_schema_service_fails_without_the_admins_password(tmp_path):
+    """A schema step that cannot log in exits non-zero, so ingest and Grafana (service_completed_successfully)
+    never start on a half-made schema; it says why, without the password."""
+    users = ServerUsers(tmp_path, DB)
+    users.env = {**users.env, "CLICKHOUSE_ADMIN_PASSWORD": "another-password"}
+    run = users.apply_schema()
+    assert run.returncode == 1
+    assert "schema apply on http://admin:***@" in run.stderr and "Authentication failed" in run.stderr
+    assert stack_env()["CLICKHOUSE_ADMIN_PASSWORD"] not in run.stderr
 
 
 FAKE_CLIENT = f"""#!{sys.executable}
@@ -280,14 +310,14 @@ import json, os, sys
 with open(os.environ["RECORD"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 if os.environ["ANSWER"] == "error":
-    sys.exit("Code: 81. DB::Exception: Database analytics does not exist. (UNKNOWN_DATABASE)")
+    sys.exit("Code: 210. DB::NetException: Connection refused (3f2a9c1d7e4b:9000). (NETWORK_ERROR)")
 print(os.environ["ANSWER"])
 """
 
 
-def test_clickhouse_is_healthy_only_when_the_real_server_has_the_events_table(tmp_path):
+def test_clickhouse_is_healthy_when_the_server_answers_admin_on_its_network_address(tmp_path):
     """Compose's healthcheck, run as Docker runs CMD-SHELL, against a stand-in client; what it asks is then
-    asked of the real engine before and after the init."""
+    asked of the real engine as admin."""
     (kind, command), = [services_healthcheck()]
     assert kind == "CMD-SHELL"
     env = environment("clickhouse", stack_env())
@@ -305,17 +335,14 @@ def test_clickhouse_is_healthy_only_when_the_real_server_has_the_events_table(tm
     assert healthy("1") and not healthy("0") and not healthy("error")
     argv = json.loads(record.read_text().splitlines()[0])
     option = dict(zip(argv[1::2], argv[2::2], strict=True)) if argv[0] == "client" else {}
-    # The container's own address, never loopback: the init's temporary server listens on 127.0.0.1 only.
+    # The container's own address, which the other services reach, not loopback.
     assert option["--host"] == "3f2a9c1d7e4b"
-    assert (option["--user"], option["--password"]) == (env["CLICKHOUSE_USER"], env["CLICKHOUSE_ADMIN_PASSWORD"])
-    assert option["--database"] == env["CLICKHOUSE_DB"]
+    assert (option["--user"], option["--password"]) == ("admin", env["CLICKHOUSE_ADMIN_PASSWORD"])
+    assert set(option) == {"--host", "--user", "--password", "--query"}
 
-    users = ServerUsers(tmp_path / "engine", env["CLICKHOUSE_DB"])
-    (before,) = users.run("admin", [("query", option["--database"], option["--query"], None)])
-    assert not before.ok and before.code == 81  # no database yet: the client fails, so not healthy
-    assert all(o.ok for o in users.run_init_as_admin())
-    (after,) = users.run("admin", [("query", option["--database"], option["--query"], None)])
-    assert after.rows == [(1,)]
+    users = ServerUsers(tmp_path / "engine", DB)
+    (answer,) = users.run("admin", [("query", None, option["--query"], None)])
+    assert answer.ok and answer.rows == [(1,)]
 
 
 def services_healthcheck() -> tuple[str, str]:

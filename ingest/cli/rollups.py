@@ -13,12 +13,13 @@ def run(settings: Settings) -> None:
 
     from ..storage.failures import reason
     from ..storage.rollups import rebuild
-    from ..storage.sink import Sink
+    from ..storage.sink import Sink, server_options
 
     try:
         if settings.clickhouse_url.startswith("chdb://"):
             Sink(settings.clickhouse_url, settings.clickhouse_database).open()  # creates the schema, or says why not
-        client = clickhouse_connect.get_client(dsn=settings.clickhouse_url, database=settings.clickhouse_database)
+        client = clickhouse_connect.get_client(**server_options(settings.clickhouse_url, settings.clickhouse_ca_file),
+                                               database=settings.clickhouse_database)
     except StartupError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback

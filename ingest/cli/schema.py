@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ..config import SchemaSecrets, Settings
 from ..errors import StartupError
@@ -62,14 +61,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from ..config import _redact
     from ..storage.failures import reason
+    from ..storage.sink import server_options
 
     ca_file = args.ca_file or settings.clickhouse_ca_file
 
     def connect(database_name: str | None):
-        kwargs: dict[str, Any] = {"dsn": url, "database": database_name}
-        if ca_file:
-            kwargs["ca_cert"] = ca_file
-        return clickhouse_connect.get_client(**kwargs)
+        return clickhouse_connect.get_client(**server_options(url, ca_file), database=database_name)
 
     where = f"{_redact(url)}" + (f" (cluster {target.cluster})" if target.cluster else
                                       " (ClickHouse Cloud)" if target.kind == "cloud" else "")

@@ -38,6 +38,9 @@ FAILURE_HINTS = {
                     "dead-lettered, until rows go in; if the events table changed, fix it",
     "view_failed": "a materialized view fails on insert: the batch is in the events table but not in the rollups "
                    "the dashboard reads; fix or drop the view, then the same batch is retried and stored once",
+    "certificate": "the ClickHouse server's TLS certificate is not trusted: if a private CA signed it, set "
+                   "CLICKHOUSE_CA_FILE to that CA's PEM file (the certificate must also name the host of "
+                   "CLICKHOUSE_URL)",
     "unreachable": "ClickHouse does not answer; inserts are retried",
     "server": "ClickHouse failed the insert; it is retried",
     "other": "the ClickHouse client failed the insert; it is retried",
@@ -46,7 +49,10 @@ FAILURE_HINTS = {
 }
 FAILURE_KINDS = tuple(FAILURE_HINTS)
 # Failures that last until someone changes ClickHouse: logged as errors (the others are usually transient).
-NEEDS_OPERATOR = frozenset({*OPERATOR_ERROR_KINDS.values(), "rows_refused", "view_failed", "internal_error"})
+NEEDS_OPERATOR = frozenset({*OPERATOR_ERROR_KINDS.values(), "certificate", "rows_refused", "view_failed",
+                            "internal_error"})
+# What Python's ssl module says when it refuses a server's certificate, and why (the OpenSSL reason).
+_CERTIFICATE_REFUSED = re.compile(r"CERTIFICATE_VERIFY_FAILED\]\s*certificate verify failed:\s*([^()'\"]+)")
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -64,8 +70,20 @@ def in_view(exc: BaseException) -> bool:
 
 
 
+def certificate_problem(exc: BaseException) -> str | None:
+    """A one-line account of a refused TLS certificate (OpenSSL's reason and what to do), or None."""
+    refused = _CERTIFICATE_REFUSED.search(str(exc))
+    if refused is None:
+        return None
+    return f"TLS certificate verify failed ({refused.group(1).strip()}): {FAILURE_HINTS['certificate']}"
+
+
 def reason(exc: BaseException) -> str:
-    """The gist of a client error for a one-line message: the OS's words if it has them, else its first line."""
+    """The gist of a client error for a one-line message: a refused certificate and what to do, the OS's words if it
+    has them, else its first line."""
+    certificate = certificate_problem(exc)
+    if certificate:
+        return certificate
     text = str(exc).strip()
     errno_text = re.search(r"\[Errno -?\d+\] ([^\"')\]]+)", text)
     if errno_text:

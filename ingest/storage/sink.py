@@ -17,7 +17,7 @@ from ..contract.events import COLUMNS, Row
 from ..errors import StartupError
 from .ddl import quote
 from .embedded import embedded_failure, require_engine
-from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, error_code, in_view
+from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, certificate_problem, error_code, in_view
 
 log = logging.getLogger(__name__)
 TABLE = "events"
@@ -41,6 +41,8 @@ def failure_kind(exc: BaseException) -> str:
         return "view_failed"
     if code is not None:
         return "server"
+    if certificate_problem(exc):
+        return "certificate"
     if isinstance(exc, (OperationalError, OSError, TimeoutError)):
         return "unreachable"
     if isinstance(exc, ClickHouseError):
@@ -75,6 +77,22 @@ def encode_columns(rows: list[Row]) -> bytes:
     return orjson.dumps(columns)
 
 
+def server_options(url: str, ca_file: str = "") -> dict[str, Any]:
+    """clickhouse-connect's connection options for a storage URL.
+
+    The URL's scheme decides plain HTTP or TLS: clickhouse-connect (1.12.0) reads only the host, port and
+    credentials of a DSN and takes TLS from the port alone (443 or 8443), so an https:// URL on another port would
+    otherwise be spoken to in the clear. `ca_file`: the CA that signed an https server's certificate.
+    """
+    options: dict[str, Any] = {"dsn": url}
+    scheme = url.partition("://")[0]
+    if scheme in ("http", "https"):
+        options["interface"] = scheme
+    if ca_file:
+        options["ca_cert"] = ca_file
+    return options
+
+
 class Sink:
     """Writes batches of rows into the events table and answers whether storage is reachable.
 
@@ -100,11 +118,9 @@ class Sink:
         self._reachable = False
 
     def _client_for(self, database: str | None) -> Client:
-        kwargs: dict[str, Any] = {"dsn": self.url, "database": database}
+        kwargs: dict[str, Any] = {**server_options(self.url, self.ca_file), "database": database}
         if self.chdb_options:
             kwargs["chdb_options"] = self.chdb_options
-        if self.ca_file:
-            kwargs["ca_cert"] = self.ca_file
         return clickhouse_connect.get_client(**kwargs)
 
     def _connect(self) -> Client:
@@ -135,7 +151,7 @@ class Sink:
             except Exception as exc:  # noqa: BLE001 - reported, and retried by the flusher
                 if self.embedded:
                     raise StartupError(embedded_failure(Path(self.url.removeprefix("chdb://")), exc)) from exc
-                log.warning("ClickHouse not reachable yet: %s", exc)
+                log.warning("ClickHouse not reachable yet: %s", certificate_problem(exc) or exc)
 
     def insert(self, rows: list[Row], token: str) -> None:
         """Insert rows column-wise; the token lets the server drop a repeat of this same batch."""
@@ -206,7 +222,7 @@ class Sink:
             self._connect().command("SELECT 1")
             self._reachable = True
         except Exception as exc:  # noqa: BLE001 - the answer is False, the reason goes to the log
-            log.warning("ClickHouse ping failed: %s", exc)
+            log.warning("ClickHouse ping failed: %s", certificate_problem(exc) or exc)
             if not self.embedded:
                 self._drop_client()
             self._reachable = False

@@ -9,8 +9,8 @@
 -- 12: ~1.6%, 3 KiB). Exact uniqExact states would be far larger and slower to merge (see DESIGN).
 -- The dashboard adds the raw rows of a range's partial first and last minute, so its answers equal the raw table's.
 -- Every view runs as the user who created it (DEFINER = CURRENT_USER SQL SECURITY DEFINER): on a server that is
--- `admin`, which runs this file (00_schema.sh), so an insert by `ingest`, which may only INSERT into events, still
--- fills the rollups. Without it ClickHouse 26.8 runs a view as the inserting user and refuses every insert by
+-- `admin`, which runs this file (`python -m ingest schema apply`, the stack's `schema` service), so an insert by
+-- `ingest`, which may only INSERT into events, still fills the rollups. Without it ClickHouse 26.8 runs a view as the inserting user and refuses every insert by
 -- `ingest` (it may not read events). tests/test_server_roles.py runs the stack's users on the real engine.
 
 -- Events per clock minute [m, m + 60 s) and event name: error rate, signup funnel and alert.
