@@ -6,7 +6,9 @@ not 443 or 8443, so the URL's scheme alone must ask for TLS."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +141,19 @@ def test_schema_apply_needs_the_ca_file_and_then_runs(server, certificates):
     assert "CREATE TABLE IF NOT EXISTS events" in done.stdout
     assert any(s["sql"].startswith("CREATE TABLE IF NOT EXISTS events") for s in server.statements)
     server.connection.query("DROP DATABASE IF EXISTS tls_schema SYNC")
+
+
+def test_the_terminal_dashboard_reads_an_https_server_with_the_ca_file(server, certificates):
+    """`python -m ingest panels` takes the same URL and CA file as the service: over TLS on any port."""
+    assert schema_apply(server, "--ca-file", str(certificates["ca"])).returncode == 0
+    applied = len(server.statements)
+    env = {**os.environ, "CLICKHOUSE_URL": url(server), "CLICKHOUSE_DATABASE": "tls_schema",
+           "CLICKHOUSE_CA_FILE": str(certificates["ca"]), "INGEST_PORT": "9"}  # no service there: status only
+    shown = subprocess.run([sys.executable, "-m", "ingest", "panels", "--json"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    server.connection.query("DROP DATABASE IF EXISTS tls_schema SYNC")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    titles = {p["title"] for p in document["panels"]}
+    assert "Signup steps" in titles and all(p["error"] is None for p in document["panels"]), document["panels"]
+    assert any("windowFunnel" in s["sql"] for s in server.statements[applied:])  # the panels' SQL went over TLS

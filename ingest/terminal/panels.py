@@ -97,6 +97,7 @@ class Direct:
         import clickhouse_connect
 
         from ..storage.failures import reason
+        from ..storage.sink import server_options
 
         self.service = _service_url(settings)
         self.dashboard = dashboard
@@ -105,8 +106,9 @@ class Direct:
         self.loaded = False
         self.label = _label(settings)
         try:
-            self.client = clickhouse_connect.get_client(dsn=settings.clickhouse_url,
-                                                        database=settings.clickhouse_database)
+            self.client = clickhouse_connect.get_client(
+                **server_options(settings.clickhouse_url, settings.clickhouse_ca_file),
+                database=settings.clickhouse_database)
         except Exception as exc:  # noqa: BLE001 - one line, not a traceback
             raise PanelsError(f"cannot reach ClickHouse at {settings.redacted_url}: {reason(exc)}") from None
 
