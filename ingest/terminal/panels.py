@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import urllib.error
@@ -137,12 +138,14 @@ class Direct:
 class ViaService:
     """Asks the running service (GET /panels), which holds the embedded data directory, to run the panel SQL."""
 
-    def __init__(self, settings, url: str, chosen: dict[str, list[str]]) -> None:
+    def __init__(self, settings, url: str, chosen: dict[str, list[str]], holder: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.query = urllib.parse.urlencode([("var", f"{name}={value}") for name, values in chosen.items()
                                              for value in values])
         self.owner = settings.storage_owner
         self.label = _label(settings, via=self.url)
+        self.holder = holder  # the pid of the process that holds the embedded data, if one does
+        self.data = settings.clickhouse_url.removeprefix("chdb://")
 
     def frame(self, range_name: str) -> Frame:
         from ..storage.failures import reason
@@ -160,7 +163,8 @@ class ViaService:
                 raise PanelsError(f"template variables: {answer.get('message')}") from None
             raise PanelsError(f"the service at {self.url} answered {exc.code} to GET /panels: {detail[:300]}") from None
         except (OSError, ValueError) as exc:
-            raise PanelsError(f"no service answers GET /panels at {self.url}: {reason(exc)}") from None
+            raise PanelsError(f"no service answers GET /panels at {self.url} ({reason(exc)})"
+                              + self._elsewhere()) from None
         if body.get("storage") != self.owner:
             raise PanelsError(f"the service at {self.url} stores into {body.get('storage')}, not {self.owner}: "
                               "run panels with the service's CLICKHOUSE_URL and CLICKHOUSE_DATABASE, or set "
@@ -170,8 +174,46 @@ class ViaService:
         return Frame(results, qrange, self.label, variables, alerts,
                      live_status(_newest_event_age(results), health, unreachable))
 
+    def _elsewhere(self) -> str:
+        """Where the service that holds the data listens instead, and how to point panels at it."""
+        if self.holder is None:
+            return ""
+        ports = listening_ports(self.holder)
+        if ports:
+            return (f"; process {self.holder} holds the embedded data in {self.data} and listens on port "
+                    f"{', '.join(map(str, ports))}: run panels with INGEST_PORT={ports[0]}")
+        return (f"; process {self.holder} holds the embedded data in {self.data}: run panels with the INGEST_PORT "
+                "(and INGEST_HOST) that service was started with")
+
     def close(self) -> None:
         pass
+
+
+def listening_ports(pid: str) -> list[int]:
+    """The TCP ports a process of this machine listens on, read from /proc (Linux; [] where it cannot be read)."""
+    sockets = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in sockets:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
 
 
 def _variables(dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> dict[str, Variable]:
@@ -194,9 +236,10 @@ def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]
         # Never create an empty data directory where the user happens to be: say which one was looked for.
         raise PanelsError(f"no embedded ClickHouse data in {path} (CLICKHOUSE_URL): run panels from the directory "
                           "the service runs in, or set CLICKHOUSE_URL to its data")
-    if data_holder(path) is not None or service_url:
+    holder = data_holder(path)
+    if holder is not None or service_url:
         _variables(dashboard, chosen)  # a bad --var is said here, before the service is asked
-        return ViaService(settings, service_url or _service_url(settings), chosen)
+        return ViaService(settings, service_url or _service_url(settings), chosen, holder)
     return Direct(settings, dashboard, chosen)
 
 
