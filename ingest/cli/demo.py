@@ -62,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verification-incident", type=VerificationIncident.parse, default=None,
                         metavar="START:DURATION[:DOMAIN]",
                         help="from second START for DURATION seconds, most sign-ups with an address at DOMAIN "
-                             f"(default gmail.com) stop at email verification ({INCIDENT_VERIFY:.0%} verified instead "
-                             f"of {P_VERIFY:.0%}), then recover: the founding scene, e.g. 300:600")
+                             f"(default gmail.com) stop at email verification ({INCIDENT_VERIFY:.0%}% verified "
+                             f"instead of {P_VERIFY:.0%}%), then recover: the founding scene, e.g. 300:600")
     parser.add_argument("--batch", type=_number(int, 1, MAX_BATCH), default=MAX_BATCH,
                         help=f"most events per request (1..{MAX_BATCH})")
     parser.add_argument("--concurrency", type=_number(int, 1, 1000), default=16, help="most requests in flight")
