@@ -177,7 +177,7 @@ _HELP = {
     "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",
     "flush_events": "... or as soon as this many events wait",
     "buffer_max_events": "events held at most; beyond, POST /events answers 503 + Retry-After",
-    "max_body_bytes": "largest request body, after decoding",
+    "max_body_bytes": "largest request body, as sent and after decoding (gzip, deflate, br)",
     "retry_max_seconds": "longest wait between retries of a failed insert",
     "durability": "wal (fsync before 202) or memory",
     "wal_dir": "write-ahead log directory (one per service)",
