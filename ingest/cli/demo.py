@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await traffic.run(args.url, args.rate, args.duration, args.error_spike, args.seed, args.batch,
-                         args.concurrency, stop=stop, progress=progress)
+                                 args.concurrency, stop=stop, progress=progress,
+                                 incident=args.verification_incident)
 
     report = asyncio.run(go())
     if tty:
