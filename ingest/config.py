@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -176,7 +177,7 @@ _HELP = {
     "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",
     "flush_events": "... or as soon as this many events wait",
     "buffer_max_events": "events held at most; beyond, POST /events answers 503 + Retry-After",
-    "max_body_bytes": "largest request body, after decoding",
+    "max_body_bytes": "largest request body, as sent and after decoding (gzip, deflate, br)",
     "retry_max_seconds": "longest wait between retries of a failed insert",
     "durability": "wal (fsync before 202) or memory",
     "wal_dir": "write-ahead log directory (one per service)",
@@ -196,17 +197,21 @@ _HELP = {
 }
 
 
-def environment_help() -> str:
-    """Every variable `serve` reads, its default and meaning, for `serve --help`."""
+def environment_help(width: int = 80) -> str:
+    """Every variable `serve` reads, its meaning and default, for `serve --help`: a column of names, each meaning
+    wrapped to `width` columns beside its name."""
     defaults = Settings()
-    lines = ["environment (unset: the default; .env is read by docker compose only: `set -a; . ./.env; set +a` "
-             "exports it for serve):"]
-    width = max(map(len, ENV_VARS))
+    # No-break spaces keep a command and "(default: value)" on one line (textwrap breaks at ASCII spaces only).
+    lines = textwrap.wrap("environment (unset: the default; .env is read by docker compose only: "
+                          + "`set -a; . ./.env; set +a`".replace(" ", "\xa0") + " exports it for serve):", width)
+    column = 2 + max(map(len, ENV_VARS)) + 2
     for f in fields(Settings):
         value = getattr(defaults, f.name)
         shown = ",".join(value) if isinstance(value, tuple) else str(value)
-        lines.append(f"  {_ENV[f.name]:<{width}} {_HELP.get(f.name, '')} (default: {shown or 'empty'})")
-    return "\n".join(lines)
+        lines += textwrap.wrap(f"{_HELP.get(f.name, '')} (default:\xa0{shown or 'empty'})", max(width, column + 30),
+                               initial_indent=f"  {_ENV[f.name]:<{column - 4}}  ", subsequent_indent=" " * column,
+                               break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines).replace("\xa0", " ")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import zlib
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -247,3 +248,44 @@ async def test_every_answer_carries_the_service_clock_in_milliseconds(make_clien
     assert clock.status == 200 and clock.headers["Cache-Control"] == "no-store"  # a cached clock would be wrong
     server_ms = int(clock.headers["Server-Time"])
     assert abs(datetime.fromisoformat(body["now"]).timestamp() * 1000 - server_ms) < 1000
+
+
+async def test_each_missing_field_is_named_once_at_its_own_pointer(make_client, ch):
+    # Issue 23: [{"event_name": "page_view"}] answered /timestamp three times, [{}] /event_name four times, and a
+    # feature_used event without properties pointed at "/" (the `then` keyword's required list was paired with the
+    # top level's).
+    client = await make_client()
+    resp = await client.post("/events", json=[{"event_name": "page_view"}, {}, {"event_name": "feature_used"},
+                                              {"event_name": "feature_used", "properties": {}}])
+    assert resp.status == 400, await resp.text()  # nothing valid: nothing stored
+    body = await resp.json()
+    assert body["accepted"] == 0
+    named = [[(e["path"], e["message"]) for e in r["errors"]] for r in body["rejected"]]
+    rest = [("/timestamp", "is required"), ("/session_id", "is required"), ("/device_type", "is required")]
+    assert named == [
+        rest,
+        [("/event_name", "is required"), *rest],
+        [*rest, ("/properties", "is required")],
+        [*rest, ("/properties/feature", "is required")],
+    ], named
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_a_body_broken_in_its_encoding_is_answered_with_that_encodings_code(make_client, ch, encoding):
+    # Issue 23: broken br and deflate bodies were answered bad_gzip. bad_gzip stays gzip's (documented first).
+    import brotli
+
+    whole = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[encoding](
+        orjson.dumps([event()] * 5))
+    client = await make_client()
+    for broken in (b"not " + encoding.encode() + b" at all", whole[:len(whole) // 2]):  # garbage, truncated
+        resp = await client.post("/events", data=broken, headers={"Content-Type": "application/json",
+                                                                  "Content-Encoding": encoding})
+        assert resp.status == 400, await resp.text()
+        answer = await resp.json()
+        assert answer["error"] == f"bad_{encoding}", answer
+        assert answer["message"].startswith(f"body could not be decoded as {encoding} (its Content-Encoding): "), answer
+    ok = await client.post("/events", data=whole, headers={"Content-Type": "application/json",
+                                                           "Content-Encoding": encoding})
+    assert ok.status == 202, await ok.text()
+    await eventually(lambda: count(ch) == 5)

@@ -144,7 +144,7 @@ def _corrupt(data: bytes) -> bytes:
 
 @pytest.mark.parametrize(("encoding", "body", "status", "code"), [
     pytest.param("br", brotli.compress(b"[" + b" " * 50_000_000 + b"]"), 413, "body_too_large", id="brotli-bomb"),
-    pytest.param("br", b"not brotli at all", 400, "bad_gzip", id="corrupt-brotli"),
+    pytest.param("br", b"not brotli at all", 400, "bad_br", id="corrupt-brotli"),
     pytest.param("gzip", gzip.compress(orjson.dumps([event()]))[:-9], 400, "bad_gzip", id="truncated-gzip"),
     # Empty stored blocks decode to nothing: only the cap on raw bytes stops such a stream.
     pytest.param("gzip", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\x00\x00\x00\xff\xff" * 20_000, 413,

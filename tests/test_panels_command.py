@@ -7,6 +7,7 @@ import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,28 @@ def test_panels_shows_live_data_beside_the_running_service_with_the_same_answers
         return [line for line in body.splitlines() if "min " not in line and not set(line.strip()) <= set(
             panels._SPARK + " ")]
     assert panel_lines(beside.stdout.replace("12 sessions", "13 sessions")) == panel_lines(alone.stdout)
+
+
+@pytest.mark.slow
+def test_panels_beside_a_service_on_another_port_names_the_port_to_set(tmp_path):
+    # Issue 23: "... at http://127.0.0.1:3001: Connection refused>" (urllib's repr leaked its ">") and no word of
+    # INGEST_PORT. A socket bound but not listening stands for the default port where nothing answers.
+    data = tmp_path / "data"
+    env = {"CLICKHOUSE_URL": f"chdb://{data}", "INGEST_WAL_DIR": str(tmp_path / "wal")}
+    service = Service(tmp_path, **env).wait_healthy()
+    with socket.socket() as nobody:
+        nobody.bind(("127.0.0.1", 0))
+        wrong = nobody.getsockname()[1]
+        try:
+            result = command(["panels"], tmp_path, **env, INGEST_PORT=str(wrong))
+        finally:
+            assert service.stop() == 0
+    assert result.returncode == 1 and not result.stdout
+    assert result.stderr.count("\n") == 1 and ">" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"ingest panels: no service answers GET /panels at http://127.0.0.1:"
+                                    f"{wrong} (Connection refused); process "), result.stderr
+    assert f"holds the embedded data in {data} and listens on port {service.port}: run panels with " \
+           f"INGEST_PORT={service.port}\n" in result.stderr, result.stderr
 
 
 @pytest.mark.slow

@@ -70,7 +70,8 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The request body (gzip decoded); stops reading as soon as it exceeds the limit or the body deadline passes."""
+    """The request body, decoded (gzip, deflate, br); stops reading as soon as it exceeds the limit or the body
+    deadline passes."""
     if request.content_type not in _ACCEPTED_TYPES:
         raise RequestError(415, "unsupported_media_type",
                            f"Content-Type must be application/json or text/plain, got {request.content_type!r}")
@@ -119,7 +120,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except TooLarge:
         raise too_large from None
     except DecodeError as exc:
-        raise RequestError(400, "bad_gzip", f"body could not be decoded as {encoding}: {exc}") from None
+        # A code per encoding: bad_gzip (documented first, kept for clients that look for it), bad_deflate, bad_br.
+        raise RequestError(400, f"bad_{encoding}", f"body could not be decoded as {encoding} (its "
+                           f"Content-Encoding): {exc}") from None
     except (ConnectionError, RuntimeError) as exc:
         # The client went away mid-body (ConnectionResetError), or its connection was closed before this handler
         # began (aiohttp then says RuntimeError "Connection closed."; the connection limit does that to a request

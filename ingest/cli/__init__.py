@@ -6,30 +6,46 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import textwrap
 
 from ..config import ConfigError, Settings, environment_help
 from ..errors import StartupError
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after an option's help, unless the help already says its default or there is none
+    to show (None, an off flag, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import demo, panels, schema
 
-    defaults = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    # The environment's column, kept as it is written, wrapped as argparse wraps the rest: to the terminal's width
+    # less 2.
+    width = shutil.get_terminal_size().columns - 2
     commands.add_parser("serve", help="run the ingest service (settings from the environment)",
-                        description="Run the ingest service until SIGINT/SIGTERM (then it flushes its buffer). "
-                                    "Every setting is an environment variable:",
-                        epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    panels.add_arguments(commands.add_parser(
+                        description=textwrap.fill("Run the ingest service until SIGINT/SIGTERM (then it flushes its "
+                                                  "buffer). Every setting is an environment variable:", width),
+                        epilog=environment_help(width), formatter_class=argparse.RawDescriptionHelpFormatter)
+    panels_parser = commands.add_parser(
         "panels", help="print the product dashboard's panels, run on the configured ClickHouse",
         description="The product dashboard in a terminal: Grafana's panel SQL, run on CLICKHOUSE_URL / "
                     "CLICKHOUSE_DATABASE (on the embedded engine through the running service, "
-                    "INGEST_HOST:INGEST_PORT, if it holds the data).", formatter_class=defaults))
+                    "INGEST_HOST:INGEST_PORT, if it holds the data).", formatter_class=_Defaults)
+    panels.add_arguments(panels_parser)
     # Demo traffic takes its options from argv, not the environment.
     demo.add_arguments(commands.add_parser("demo", help="send realistic demo traffic to a running service",
-                                           description=demo.traffic.__doc__, formatter_class=defaults))
+                                           description=demo.traffic.__doc__, formatter_class=_Defaults))
     commands.add_parser("rebuild-rollups", help="empty the dashboard rollups and refill them from the events table "
                                                 "(run with the service stopped)",
                         description="Empty every rollup the init DDL defines and refill it from the events table with "
@@ -58,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
             serve.run(settings)
         elif args.command == "panels":
-            return panels.run(args, settings, parser)
+            return panels.run(args, settings, panels_parser)
         elif args.command == "schema":
             return schema.run(args, settings)
         elif args.command == "rebuild-rollups":

@@ -62,9 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verification-incident", type=VerificationIncident.parse, default=None,
                         metavar="START:DURATION[:DOMAIN]",
                         help="from second START for DURATION seconds, most sign-ups with an address at DOMAIN "
-                             f"(default gmail.com) stop at email verification ({INCIDENT_VERIFY * 100:.0f}%% "
-                             f"verified instead of {P_VERIFY * 100:.0f}%%), then recover: the founding scene, "
-                             "e.g. 300:600")
+                             f"(default gmail.com) stop at email verification ({INCIDENT_VERIFY:.0%}% verified "
+                             f"instead of {P_VERIFY:.0%}%), then recover: the founding scene, e.g. 300:600")
     parser.add_argument("--batch", type=_number(int, 1, MAX_BATCH), default=MAX_BATCH,
                         help=f"most events per request (1..{MAX_BATCH})")
     parser.add_argument("--concurrency", type=_number(int, 1, 1000), default=16, help="most requests in flight")
@@ -114,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await traffic.run(args.url, args.rate, args.duration, args.error_spike, args.seed, args.batch,
-                         args.concurrency, stop=stop, progress=progress)
+                                 args.concurrency, stop=stop, progress=progress,
+                                 incident=args.verification_incident)
 
     report = asyncio.run(go())
     if tty:

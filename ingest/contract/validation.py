@@ -42,13 +42,14 @@ class EventValidator:
     def errors(self, event: Any) -> list[FieldError]:
         """Every schema error of one event, each with its JSON Pointer path; [] when valid."""
         found = []
-        # jsonschema reports each missing property as its own `required` error, in the order of the schema's list:
-        # the n-th error of an object is about the n-th property it lacks.
+        # jsonschema reports each missing property as its own `required` error, in the order of the keyword's list:
+        # the n-th error of one `required` keyword (an object may meet several: the top level's, and `then`'s for
+        # feature_used) is about the n-th property that keyword finds missing.
         missing: dict[tuple, list[str]] = {}
         for err in sorted(self._detailed.iter_errors(event), key=lambda e: list(map(str, e.absolute_path))):
             path = list(err.absolute_path)
             if err.validator == "required":  # point at the missing field, not at the object that lacks it
-                names = missing.setdefault(tuple(path), _missing(err))
+                names = missing.setdefault((tuple(path), tuple(err.schema_path)), _missing(err))
                 path.append(names.pop(0) if names else "")
             found.append(FieldError(_pointer(path), _message(err)))
         return found

@@ -85,7 +85,7 @@ def reason(exc: BaseException) -> str:
     if certificate:
         return certificate
     text = str(exc).strip()
-    errno_text = re.search(r"\[Errno -?\d+\] ([^\"')\]]+)", text)
+    errno_text = re.search(r"\[Errno -?\d+\] ([^\"')\]>]+)", text)  # urllib wraps it: <urlopen error [Errno ..] ..>
     if errno_text:
         return errno_text.group(1).strip()
     code = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(version [^)]*\))?$", text.splitlines()[0] if text else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import urllib.error
@@ -37,8 +38,8 @@ from ..grafana.variables import Variable, VariableError, dashboard_variables, de
 from .status import LiveStatus, fetch_health, live_status
 
 REFRESH_SECONDS = 5.0  # the dashboard's refresh
-WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal
-SPARK_WIDTH = 72
+WIDTH, HEIGHT = 80, 24  # a frame fits a classic terminal; a pipe gets 80 columns
+MIN_WIDTH, MIN_HEIGHT = 40, 8  # below, no panel can be read: the frame says so instead
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -137,12 +138,14 @@ class Direct:
 class ViaService:
     """Asks the running service (GET /panels), which holds the embedded data directory, to run the panel SQL."""
 
-    def __init__(self, settings, url: str, chosen: dict[str, list[str]]) -> None:
+    def __init__(self, settings, url: str, chosen: dict[str, list[str]], holder: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.query = urllib.parse.urlencode([("var", f"{name}={value}") for name, values in chosen.items()
                                              for value in values])
         self.owner = settings.storage_owner
         self.label = _label(settings, via=self.url)
+        self.holder = holder  # the pid of the process that holds the embedded data, if one does
+        self.data = settings.clickhouse_url.removeprefix("chdb://")
 
     def frame(self, range_name: str) -> Frame:
         from ..storage.failures import reason
@@ -160,7 +163,8 @@ class ViaService:
                 raise PanelsError(f"template variables: {answer.get('message')}") from None
             raise PanelsError(f"the service at {self.url} answered {exc.code} to GET /panels: {detail[:300]}") from None
         except (OSError, ValueError) as exc:
-            raise PanelsError(f"no service answers GET /panels at {self.url}: {reason(exc)}") from None
+            raise PanelsError(f"no service answers GET /panels at {self.url} ({reason(exc)})"
+                              + self._elsewhere()) from None
         if body.get("storage") != self.owner:
             raise PanelsError(f"the service at {self.url} stores into {body.get('storage')}, not {self.owner}: "
                               "run panels with the service's CLICKHOUSE_URL and CLICKHOUSE_DATABASE, or set "
@@ -170,8 +174,46 @@ class ViaService:
         return Frame(results, qrange, self.label, variables, alerts,
                      live_status(_newest_event_age(results), health, unreachable))
 
+    def _elsewhere(self) -> str:
+        """Where the service that holds the data listens instead, and how to point panels at it."""
+        if self.holder is None:
+            return ""
+        ports = listening_ports(self.holder)
+        if ports:
+            return (f"; process {self.holder} holds the embedded data in {self.data} and listens on port "
+                    f"{', '.join(map(str, ports))}: run panels with INGEST_PORT={ports[0]}")
+        return (f"; process {self.holder} holds the embedded data in {self.data}: run panels with the INGEST_PORT "
+                "(and INGEST_HOST) that service was started with")
+
     def close(self) -> None:
         pass
+
+
+def listening_ports(pid: str) -> list[int]:
+    """The TCP ports a process of this machine listens on, read from /proc (Linux; [] where it cannot be read)."""
+    sockets = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in sockets:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
 
 
 def _variables(dashboard: dict[str, Any], chosen: dict[str, list[str]]) -> dict[str, Variable]:
@@ -194,9 +236,10 @@ def open_source(settings, dashboard: dict[str, Any], chosen: dict[str, list[str]
         # Never create an empty data directory where the user happens to be: say which one was looked for.
         raise PanelsError(f"no embedded ClickHouse data in {path} (CLICKHOUSE_URL): run panels from the directory "
                           "the service runs in, or set CLICKHOUSE_URL to its data")
-    if data_holder(path) is not None or service_url:
+    holder = data_holder(path)
+    if holder is not None or service_url:
         _variables(dashboard, chosen)  # a bad --var is said here, before the service is asked
-        return ViaService(settings, service_url or _service_url(settings), chosen)
+        return ViaService(settings, service_url or _service_url(settings), chosen, holder)
     return Direct(settings, dashboard, chosen)
 
 
@@ -269,14 +312,20 @@ def _span(start: Any, end: Any) -> str:
     return f"{_hm(start)}-{_hm(end)} UTC"
 
 
-def _active_users(r: PanelResult) -> list[str]:
+def _spark_width(width: int) -> int:
+    """Marks of a full-width sparkline: the frame's width less an indent and a margin (72 at 80 columns)."""
+    return width - 8
+
+
+def _active_users(r: PanelResult, width: int) -> list[str]:
     times, values = [row[0] for row in r.rows], [row[1] for row in r.rows]
     last = next((v for v in reversed(values) if v is not None), None)
+    marks = _spark_width(width)
     return [f"Active users  {_num(last)} sessions in the last 5 minutes",
-            "  " + sparkline(values, SPARK_WIDTH), _scale(times, values, SPARK_WIDTH)]
+            "  " + sparkline(values, marks), _scale(times, values, marks)]
 
 
-def _funnel(r: PanelResult, hours: int = 3) -> list[str]:
+def _funnel(r: PanelResult, width: int, hours: int = 3) -> list[str]:
     rows = [row for row in r.rows if any(v not in (None, 0) for v in row[1:3])]
     shown = rows[-hours:]
     cut = f"  ({len(rows) - len(shown)} earlier hours)" if len(rows) > len(shown) else ""
@@ -287,20 +336,26 @@ def _funnel(r: PanelResult, hours: int = 3) -> list[str]:
     return lines + (["  no signups in range"] if not rows else [])
 
 
-def _top_features(r: PanelResult) -> list[str]:
+def _top_features(r: PanelResult, width: int) -> list[str]:
+    """Ranked features in two columns (one where two would leave a name under 12 characters), a name cut with …"""
     lines = ["Top features  unique users"]
     if not r.rows:
         return lines + ["  no feature use in range"]
     top = max(row[1] for row in r.rows) or 1
-    cells = [f"{i:>2}. {str(row[0])[:16]:<16} {_num(row[1]):>7} {'█' * max(1, round(row[1] / top * 8)):<8}"
+    # A cell is "NN. name users bar": 21 characters besides the name; two cells and their indents take 46.
+    columns = 2 if (width - 46) // 2 >= 12 else 1
+    name = min(32, (width - 46) // 2 if columns == 2 else width - 23)
+    cells = [f"{i:>2}. {_short(str(row[0]), name):<{name}} {_num(row[1]):>7} {'█' * max(1, round(row[1] / top * 8)):<8}"
              for i, row in enumerate(r.rows, 1)]
+    if columns == 1:
+        return lines + [f"  {cell}".rstrip() for cell in cells]
     half = math.ceil(len(cells) / 2)
     for left, right in zip(cells[:half], cells[half:] + [""], strict=False):  # an odd count: the last stands alone
         lines.append(f"  {left}  {right}".rstrip())
     return lines
 
 
-def _error_rate(r: PanelResult) -> list[str]:
+def _error_rate(r: PanelResult, width: int) -> list[str]:
     times, values = [row[0] for row in r.rows], [row[1] for row in r.rows]
     known = [(t, v) for t, v in zip(times, values, strict=True)
              if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -310,10 +365,11 @@ def _error_rate(r: PanelResult) -> list[str]:
     head = f"Error rate  last {_num(last, True)}"
     if worst:
         head += f"   max {_num(worst[1], True)} at {_hm(worst[0])}   {above} minute(s) above the 1% line"
-    return [head, "  " + sparkline(values, SPARK_WIDTH), _scale(times, values, SPARK_WIDTH, percent=True)]
+    marks = _spark_width(width)
+    return [head, "  " + sparkline(values, marks), _scale(times, values, marks, percent=True)]
 
 
-def _steps(r: PanelResult) -> list[str]:
+def _steps(r: PanelResult, width: int) -> list[str]:
     """Signup steps: one line per breakdown value (one line without a breakdown): each step's sessions and the
     conversion from the step before."""
     columns = {name: i for i, name in enumerate(r.columns)}
@@ -335,20 +391,32 @@ def _steps(r: PanelResult) -> list[str]:
     return lines
 
 
-def _conversion(r: PanelResult) -> list[str]:
-    """Signup conversion over time: one sparkline per step transition (and breakdown value), its last point."""
+def _conversion(r: PanelResult, width: int) -> list[str]:
+    """Signup conversion over time: one sparkline per step transition (and breakdown value), its last point; the
+    names take up to 40 columns (cut with …), the sparklines the rest (at least 8 marks, at most 60)."""
     series: dict[str, list[tuple[Any, Any]]] = {}
     for time_, step, pct in r.rows:
         series.setdefault(str(step), []).append((time_, pct))
     if not series:
         return ["Signup conversion over time", "  no session reached the first step in range"]
     lines = ["Signup conversion over time  % of the step before, by when the first step happened"]
-    width = min(40, max(len(s) for s in series))
-    for name, points in series.items():
+    # "  name  marks  last 100.0%": 17 characters besides the name and the marks.
+    name = min(40, max(len(s) for s in series), width - 17 - 8)
+    marks = max(8, min(60, width - 17 - name))
+    for label, points in series.items():
         values = [v for _, v in points]
         last = next((v for v in reversed(values) if v is not None), None)
-        lines.append(f"  {_short(name, width):<{width}}  {sparkline(values, 24):<24}  last {_num(last, True)}")
+        lines.append(f"  {_series(label, name):<{name}}  {sparkline(values, marks):<{marks}}  last {_num(last, True)}")
     return lines
+
+
+def _series(name: str, width: int) -> str:
+    """A series' name in at most width characters: where it ends in a breakdown value (" · gmail.com"), the
+    transition before it is cut (with …) so the value, which tells the lines apart, stays whole."""
+    head, dot, value = name.rpartition(" · ")
+    if len(name) <= width or not dot or width - len(value) - len(dot) < 8:
+        return _short(name, width)
+    return _short(head, width - len(value) - len(dot)) + dot + value
 
 
 def _short(text: str, width: int) -> str:
@@ -364,15 +432,19 @@ def render(frame: Frame, width: int = WIDTH, height: int | None = HEIGHT) -> str
     """The status, the alerts and the panels as lines of at most `width` characters, at most `height` of them (None:
     every line); says what it cut.
 
-    Where the frame would be too tall the funnel shows fewer hours first (it says how many it left out), then the
-    lines past the terminal's last are cut: the status, the alerts and the top panels stay in view, as on the
-    dashboard.
+    The charts take the width they are given (sparklines, feature names, the conversion lines); a line that is
+    still too long ends in "…". Where the frame would be too tall the funnel shows fewer hours first (it says how
+    many it left out), then the lines past the terminal's last are cut: the status, the alerts and the top panels
+    stay in view, as on the dashboard. A terminal under MIN_WIDTH x MIN_HEIGHT gets one line that says so.
     """
+    if width < MIN_WIDTH or (height is not None and height < MIN_HEIGHT):
+        size = f"{width}x{height}" if height is not None else f"{width} columns"
+        return _short(f"The terminal is {size}; the dashboard needs {MIN_WIDTH}x{MIN_HEIGHT} at least", width)
     for funnel_hours in (3, 2, 1):
-        lines = _lines(frame, funnel_hours)
+        lines = _lines(frame, width, funnel_hours)
         if height is None or len(lines) <= height:
             break
-    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
+    lines = [_short(line, width) for line in lines]
     if height is not None and len(lines) > height:
         cut = len(lines) - height + 1
         lines = lines[:height - 1] + [f"… {cut} more lines not shown (a taller terminal shows them)"]
@@ -400,9 +472,11 @@ def _alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _lines(frame: Frame, funnel_hours: int) -> list[str]:
+def _lines(frame: Frame, width: int, funnel_hours: int) -> list[str]:
     q = frame.qrange
-    lines = [f"Product analytics  {q.start:%Y-%m-%d %H:%M:%S} - {q.end:%Y-%m-%d %H:%M:%S} UTC",
+    # The range in full, or without the year and seconds where that does not fit.
+    when = "%Y-%m-%d %H:%M:%S" if width >= 64 else "%m-%d %H:%M"
+    lines = [f"Product analytics  {q.start.strftime(when)} - {q.end.strftime(when)} UTC",
              *(f"  {line}" for line in frame.source.split("\n")), *(f"  {line}" for line in frame.variables)]
     if frame.status is not None:
         lines.append(frame.status.line())
@@ -414,14 +488,14 @@ def _lines(frame: Frame, funnel_hours: int) -> list[str]:
         if r.error:
             lines += [r.panel.title, f"  query failed: {r.error}"]
         elif r.panel.title == "Signup funnel":
-            lines += _funnel(r, funnel_hours)
+            lines += _funnel(r, width, funnel_hours)
         else:
-            lines += _RENDER.get(r.panel.title, _generic)(r)
+            lines += _RENDER.get(r.panel.title, _generic)(r, width)
         lines.append("")
     return lines[:-1]
 
 
-def _generic(r: PanelResult) -> list[str]:
+def _generic(r: PanelResult, width: int) -> list[str]:
     return [r.panel.title] + [f"  {', '.join(str(v) for v in row)}" for row in r.rows[:5]]
 
 
@@ -443,11 +517,11 @@ def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out
                     return 0
                 time.sleep(REFRESH_SECONDS)
                 continue
-            # A terminal's own size, never smaller than the classic 80x24; a pipe or a file gets 80 columns and
-            # every line (nothing scrolls there, and a script wants all the panels).
+            # A terminal's own size, less the line the cursor (or the prompt) takes, so the top stays in view; a pipe
+            # or a file gets 80 columns and every line (nothing scrolls there, and a script wants all the panels).
             if tty:
                 size = shutil.get_terminal_size((WIDTH, HEIGHT))
-                text = render(frame, max(WIDTH, size.columns), max(HEIGHT, size.lines - 1 if watch else size.lines))
+                text = render(frame, size.columns, size.lines - 1)
             else:
                 text = render(frame, WIDTH, None)
             out.write("\033[H\033[J" + text + "\n" if clear else text + "\n")
