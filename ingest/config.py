@@ -78,6 +78,8 @@ class Settings:
             raise ConfigError(
                 f"CLICKHOUSE_URL must start with chdb://, http:// or https:// (got {_redact(self.clickhouse_url)!r})"
             )
+        if self.clickhouse_url.startswith("chdb://"):
+            object.__setattr__(self, "clickhouse_url", _embedded_url(self.clickhouse_url))
         for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
                      "retry_max_seconds", "header_timeout_seconds", "body_timeout_seconds",
                      "keepalive_timeout_seconds", "max_connections", "idempotency_window_seconds",
@@ -171,7 +173,7 @@ ENV_VARS = tuple(_ENV.values())
 _HELP = {
     "host": "listen address (0.0.0.0: every interface)",
     "port": "listen port (0: any free port, named in the log's `listening on` line)",
-    "clickhouse_url": "chdb:///dir (embedded engine) or http(s)://user:password@host:port",
+    "clickhouse_url": "chdb:///dir or chdb://relative/dir (embedded engine) or http(s)://user:password@host:port",
     "clickhouse_database": "database of the events table",
     "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",
     "flush_events": "... or as soon as this many events wait",
@@ -230,6 +232,19 @@ def _comma_list(raw: str) -> tuple[str, ...]:
 
 
 _PARSE: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list}
+
+
+def _embedded_url(url: str) -> str:
+    """chdb://DIR with DIR made absolute against the current directory: chdb://./data and chdb://data mean ./data.
+
+    clickhouse-connect reads chdb://a/b as "location a, database b" (its chdb://memory/db form), which opened the
+    current directory with a database named after the first path part and left the engine's tmp/ behind there.
+    """
+    directory = url.removeprefix("chdb://")
+    if not directory:
+        raise ConfigError("CLICKHOUSE_URL=chdb:// names no directory: chdb:///absolute/dir, or chdb://relative/dir "
+                          "(from the current directory)")
+    return "chdb://" + os.path.abspath(directory)
 
 
 def _redact(url: str) -> str:
