@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from ..config import ConfigError, Settings, environment_help
+from ..config import ConfigError, Settings, environment_help, unknown_env_names
 from ..errors import StartupError
 
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in unknown_env_names():
+        logging.getLogger("ingest").warning("%s", warning)
     if args.command != "serve":
         # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not. A filter on the
         # handler, because a library may set its own logger's level when it is imported.
