@@ -18,6 +18,16 @@ from .harness.service import Service, command
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def one_line_error(output: str, *words: str) -> str:
+    """The output holds our one `ingest: ...` line (with these words), and no traceback."""
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("ingest: ")]
+    assert len(lines) == 1, output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
 # -- a relative CLICKHOUSE_URL ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -113,3 +123,26 @@ def test_serve_warns_once_at_start_about_a_misspelled_variable(tmp_path):
     assert len(warnings) == 1, output
     assert "INGEST_FLUSH_INTERVAL is set but is not a setting" in warnings[0]
     assert "did you mean INGEST_FLUSH_INTERVAL_SECONDS?" in warnings[0]
+
+
+# -- a second service on the same embedded data --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_service_on_the_same_embedded_data_is_told_so_first_and_leaves_nothing_behind(tmp_path):
+    """It used to be told to take its own INGEST_WAL_DIR; with one, chdb's raw `Code: 76 ... Cannot lock file` and a
+    log left in the new directory followed."""
+    data = tmp_path / "data"
+    first = Service(tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal1")).wait_healthy()
+    try:
+        for wal in ("wal1", "wal2"):  # the first's own log, then one of its own
+            result = command(["serve"], tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / wal),
+                             INGEST_DEAD_LETTER_PATH=str(tmp_path / "dead2" / "dead-letter.jsonl"),
+                             INGEST_HOST="127.0.0.1", INGEST_PORT="0")
+            output = result.stdout + result.stderr
+            assert result.returncode != 0
+            one_line_error(output, str(data), "in use", str(first.proc.pid), "one process per data directory")
+            assert "Code: 76" not in output and "INGEST_WAL_DIR" not in output, output
+        assert not (tmp_path / "wal2").exists() and not (tmp_path / "dead2").exists()
+        assert first.post_events(2, "first") == 2  # the first goes on undisturbed
+    finally:
+        assert first.stop() == 0

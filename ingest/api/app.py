@@ -415,6 +415,10 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open storage, start the flusher; on shutdown stop it and flush what is buffered."""
     settings = app[SETTINGS]
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database, ca_file=settings.clickhouse_ca_file)
+    # First: a second process on the same embedded data must be told so before it makes its own log or dead-letter
+    # file (they would be left behind) or says that the log it shares is the problem.
+    await asyncio.to_thread(sink.check_free)
     dead_letters = DeadLetterFile(settings.dead_letter_path)
     dead_letters.check_writable()  # now, not when the first refused row arrives
     buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
@@ -424,7 +428,6 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
                            Path(settings.wal_dir) / "idempotency-keys" if durable else None,
                            on_evict=app[METRICS].idempotency_keys_evicted.inc)
     wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner, before_delete=keys.sync) if durable else None
-    sink = Sink(settings.clickhouse_url, settings.clickhouse_database, ca_file=settings.clickhouse_ca_file)
     pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters, keys=keys,
                         retry_max_seconds=settings.retry_max_seconds)
     app[METRICS].idempotency_keys.set_function(lambda: len(keys))

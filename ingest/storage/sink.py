@@ -16,7 +16,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DataError, Ope
 from ..contract.events import COLUMNS, Row
 from ..errors import StartupError
 from .ddl import quote
-from .embedded import embedded_failure, require_engine
+from .embedded import embedded_failure, require_engine, require_free
 from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, certificate_problem, error_code, in_view
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,11 @@ class Sink:
         from .targets import Target, apply
 
         apply(self._client_for, Target("server"), self.database, report=lambda line: log.debug("applied %s", line))
+
+    def check_free(self) -> None:
+        """Raise StartupError when another process holds the embedded data directory (a server is never held)."""
+        if self.embedded:
+            require_free(Path(self.url.removeprefix("chdb://")))
 
     def open(self) -> None:
         """Connect now if possible; a server that is down is retried on the next call.
