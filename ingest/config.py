@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -79,6 +80,8 @@ class Settings:
             raise ConfigError(
                 f"CLICKHOUSE_URL must start with chdb://, http:// or https:// (got {_redact(self.clickhouse_url)!r})"
             )
+        if self.clickhouse_url.startswith("chdb://"):
+            object.__setattr__(self, "clickhouse_url", _embedded_url(self.clickhouse_url))
         for name in ("flush_interval_seconds", "flush_events", "buffer_max_events", "max_body_bytes",
                      "retry_max_seconds", "header_timeout_seconds", "body_timeout_seconds",
                      "keepalive_timeout_seconds", "max_connections", "idempotency_window_seconds",
@@ -172,7 +175,7 @@ ENV_VARS = tuple(_ENV.values())
 _HELP = {
     "host": "listen address (0.0.0.0: every interface)",
     "port": "listen port (0: any free port, named in the log's `listening on` line)",
-    "clickhouse_url": "chdb:///dir (embedded engine) or http(s)://user:password@host:port",
+    "clickhouse_url": "chdb:///dir or chdb://relative/dir (embedded engine) or http(s)://user:password@host:port",
     "clickhouse_database": "database of the events table",
     "flush_interval_seconds": "insert at most this long after the oldest waiting event arrived",
     "flush_events": "... or as soon as this many events wait",
@@ -226,8 +229,60 @@ class SchemaSecrets:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "SchemaSecrets":
         environ = os.environ if environ is None else environ
-        return cls(environ.get("CLICKHOUSE_ADMIN_URL", ""), environ.get("CLICKHOUSE_INGEST_PASSWORD", ""),
-                   environ.get("CLICKHOUSE_GRAFANA_PASSWORD", ""))
+        return cls(**{name: environ.get(variable, "") for name, variable in _SCHEMA_ENV.items()})
+
+
+_SCHEMA_ENV = {"admin_url": "CLICKHOUSE_ADMIN_URL", "ingest_password": "CLICKHOUSE_INGEST_PASSWORD",
+               "grafana_password": "CLICKHOUSE_GRAFANA_PASSWORD"}
+
+# Names in our prefixes that other programs read from the same environment, so a user may well have them exported
+# (`set -a; . ./.env`): never a misspelling of ours. The stack's are the ones .env.example and docs/configuration.md
+# list beside the settings (tests/test_env_names.py keeps this in step with those files and the compose files);
+# the clickhouse-server image's entrypoint reads the rest.
+OTHERS_ENV_VARS = (
+    # compose, the cluster overlay, Grafana's provisioning, the ClickHouse servers' config
+    "CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_HTTP_PORT", "CLICKHOUSE_HOST", "CLICKHOUSE_CLUSTER_SECRET",
+    "CLICKHOUSE_SHARD", "CLICKHOUSE_REPLICA", "INGEST_LB_PORT",
+    # the clickhouse/clickhouse-server image
+    "CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD", "CLICKHOUSE_DB", "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT",
+    "CLICKHOUSE_SKIP_USER_SETUP", "CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS", "CLICKHOUSE_INIT_TIMEOUT",
+    "CLICKHOUSE_CONFIG", "CLICKHOUSE_DO_NOT_CHOWN", "CLICKHOUSE_UID", "CLICKHOUSE_GID", "CLICKHOUSE_RUN_AS_ROOT",
+    "CLICKHOUSE_WATCHDOG_ENABLE",
+)
+KNOWN_ENV_VARS = frozenset(ENV_VARS) | frozenset(_SCHEMA_ENV.values()) | frozenset(OTHERS_ENV_VARS)
+_OUR_PREFIXES = ("INGEST_", "CLICKHOUSE_")
+_OTHERS_PREFIXES = ("CLICKHOUSE_CONNECT_",)  # clickhouse-connect's own (CLICKHOUSE_CONNECT_NATIVE_CODEC)
+
+
+def _closest(name: str) -> str | None:
+    """The known name most like name, compared without the prefix (INGEST_DATABASE: CLICKHOUSE_DATABASE), the same
+    prefix winning a tie; None when none is close (a shared prefix alone is no likeness)."""
+    def parts(variable: str) -> tuple[str, str]:
+        prefix = next(p for p in _OUR_PREFIXES if variable.startswith(p))
+        return prefix, variable.removeprefix(prefix)
+
+    prefix, rest = parts(name)
+    scored = []
+    for known in sorted(KNOWN_ENV_VARS):
+        known_prefix, known_rest = parts(known)
+        ratio = difflib.SequenceMatcher(None, rest, known_rest).ratio()
+        scored.append((ratio, known_prefix == prefix, known))
+    ratio, _, best = max(scored)
+    return best if ratio >= 0.6 else None
+
+
+def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each INGEST_*/CLICKHOUSE_* name in the environment that nothing reads, with the closest
+    known name: a misspelled setting is otherwise silently left at its default."""
+    environ = os.environ if environ is None else environ
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(_OUR_PREFIXES) or name in KNOWN_ENV_VARS or name.startswith(_OTHERS_PREFIXES):
+            continue
+        close = _closest(name)
+        hint = f"did you mean {close}?" if close else "`python -m ingest serve --help` lists the settings"
+        warnings.append(f"{name} is set but is not a setting: it is ignored ({hint})")
+    return warnings
 
 
 def _comma_list(raw: str) -> tuple[str, ...]:
@@ -235,6 +290,19 @@ def _comma_list(raw: str) -> tuple[str, ...]:
 
 
 _PARSE: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float, "tuple[str, ...]": _comma_list}
+
+
+def _embedded_url(url: str) -> str:
+    """chdb://DIR with DIR made absolute against the current directory: chdb://./data and chdb://data mean ./data.
+
+    clickhouse-connect reads chdb://a/b as "location a, database b" (its chdb://memory/db form), which opened the
+    current directory with a database named after the first path part and left the engine's tmp/ behind there.
+    """
+    directory = url.removeprefix("chdb://")
+    if not directory:
+        raise ConfigError("CLICKHOUSE_URL=chdb:// names no directory: chdb:///absolute/dir, or chdb://relative/dir "
+                          "(from the current directory)")
+    return "chdb://" + os.path.abspath(directory)
 
 
 def _redact(url: str) -> str:

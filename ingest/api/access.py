@@ -136,6 +136,22 @@ def middlewares(settings: Settings) -> list:
     return [m for m, on in ((cors, origins.enabled), (write_key, keys.required)) if on]
 
 
+def describe_write_keys(settings: Settings) -> str:
+    """Whether POST /events needs a write key, for the start log (how many keys, never one of them)."""
+    count = len(settings.write_keys)
+    if not count:
+        return "write keys off (POST /events is open; INGEST_WRITE_KEYS)"
+    return f"write keys on ({count} key{'s' if count > 1 else ''})"
+
+
+def describe_cors(settings: Settings) -> str:
+    """Which other origins' pages may post events, for the start log."""
+    origins = Origins(settings.cors_origins)
+    if not origins.enabled:
+        return "CORS off (pages on other origins cannot post events; INGEST_CORS_ORIGINS)"
+    return "CORS on for any origin (*)" if origins.any else f"CORS on for {', '.join(settings.cors_origins)}"
+
+
 def preflight_handler(settings: Settings):
     """OPTIONS /events: the CORS preflight a browser sends before a JSON or Authorization-carrying POST."""
     origins = Origins(settings.cors_origins)

@@ -36,6 +36,7 @@ from . import access
 from .connections import LISTEN_BACKLOG, Connections
 from .decoding import ENCODINGS, BodyDecoder, DecodeError, TooLarge
 from .openapi import OPENAPI_TEXT
+from .refused import RefusedRequests
 from .server import client_gone, close_after_answer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 VALIDATOR = web.AppKey("validator", EventValidator)
 DASHBOARD = web.AppKey("dashboard", dict)
 CONNECTIONS = web.AppKey("connections", Connections)
+REFUSED = web.AppKey("refused", RefusedRequests)
 # A request marked so is answered and its connection closed at once, without aiohttp's lingering read of the rest
 # of its body (up to 10 s, holding the socket): for a client too slow to send it.
 _CLOSE_NOW = "ingest.close_now"
@@ -373,6 +375,19 @@ async def get_time(request: web.Request) -> web.Response:
     return _json({"now": now}, headers={"Cache-Control": "no-store"})
 
 
+# What GET / answers: a person who opens the service's address learns what it is and where to look.
+INDEX = {"service": "ingest",
+         "message": "product analytics ingest: POST events to /events; /health says whether it delivers, "
+                    "/openapi.json describes every route",
+         "links": {"events": "/events", "health": "/health", "openapi": "/openapi.json", "schema": "/schema",
+                   "metrics": "/metrics", "tracker": "/tracker.js", "time": "/time"}}
+
+
+async def get_index(request: web.Request) -> web.Response:
+    """What this service is, and its routes (instead of a bare 404 at the root)."""
+    return _json(INDEX)
+
+
 async def get_schema(request: web.Request) -> web.Response:
     return web.Response(body=SCHEMA_TEXT, content_type="application/schema+json")
 
@@ -401,6 +416,8 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
         log.exception("unhandled error answering %s %s", request.method, request.path)
         response = _error(500, "internal_error", "the service failed to answer this request; it is logged")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    if 400 <= response.status < 500:
+        _note_refused(request, route, response)
     # The service's clock on every answer, so clients can stamp events in its time (docs/api.md "Clock").
     response.headers[access.SERVER_TIME] = str(time.time_ns() // 1_000_000)
     if request.get(_CLOSE_NOW):
@@ -415,9 +432,27 @@ async def json_errors_and_counts(request: web.Request, handler) -> web.StreamRes
     return response
 
 
+def _note_refused(request: web.Request, route: str, response: web.StreamResponse) -> None:
+    """Log a refused request (rate-limited per cause), with the error code and message of its JSON answer."""
+    code, message = str(response.status), ""
+    body = response.body if isinstance(response, web.Response) else None
+    if isinstance(body, bytes):
+        try:
+            answer = orjson.loads(body)
+            code, message = str(answer.get("error", code)), str(answer.get("message", ""))
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+    request.app[REFUSED].note(request.method, request.path, route, response.status, code, message,
+                              request.remote or "?")
+
+
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open storage, start the flusher; on shutdown stop it and flush what is buffered."""
     settings = app[SETTINGS]
+    sink = Sink(settings.clickhouse_url, settings.clickhouse_database, ca_file=settings.clickhouse_ca_file)
+    # First: a second process on the same embedded data must be told so before it makes its own log or dead-letter
+    # file (they would be left behind) or says that the log it shares is the problem.
+    await asyncio.to_thread(sink.check_free)
     dead_letters = DeadLetterFile(settings.dead_letter_path)
     dead_letters.check_writable()  # now, not when the first refused row arrives
     buffer = Buffer(settings.buffer_max_events, settings.flush_events, settings.flush_interval_seconds)
@@ -427,7 +462,6 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
                            Path(settings.wal_dir) / "idempotency-keys" if durable else None,
                            on_evict=app[METRICS].idempotency_keys_evicted.inc)
     wal = WriteAheadLog(settings.wal_dir, owner=settings.storage_owner, before_delete=keys.sync) if durable else None
-    sink = Sink(settings.clickhouse_url, settings.clickhouse_database, ca_file=settings.clickhouse_ca_file)
     pipeline = Pipeline(buffer, sink, app[METRICS], wal=wal, dead_letters=dead_letters, keys=keys,
                         retry_max_seconds=settings.retry_max_seconds)
     app[METRICS].idempotency_keys.set_function(lambda: len(keys))
@@ -445,7 +479,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("recovered %d acknowledged events from the write-ahead log", replayed)
     app[PIPELINE] = pipeline
     pipeline.start()
-    log.info("ingest ready: storage %s, database %s", settings.redacted_url, settings.clickhouse_database)
+    log.info("ingest ready: storage %s, database %s; %s; %s", settings.redacted_url, settings.clickhouse_database,
+             access.describe_write_keys(settings), access.describe_cors(settings))
     try:
         yield
     finally:
@@ -466,11 +501,13 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[VALIDATOR] = EventValidator()
+    app[REFUSED] = RefusedRequests()
     metrics = app[METRICS]
     app[CONNECTIONS] = Connections(settings.max_connections, settings.header_timeout_seconds,
                                    refused=lambda reason: metrics.slow_clients_refused.labels(reason).inc(),
                                    turned_away=metrics.connections_refused.inc, burst=LISTEN_BACKLOG)
     app.cleanup_ctx.append(_pipeline_ctx)
+    app.router.add_get("/", get_index)
     app.router.add_post("/events", post_events)
     app.router.add_route("OPTIONS", "/events", access.preflight_handler(settings))
     app.router.add_get("/health", get_health)

@@ -10,8 +10,9 @@ import shutil
 import sys
 import textwrap
 
-from ..config import ConfigError, Settings, environment_help
+from ..config import ConfigError, Settings, environment_help, unknown_env_names
 from ..errors import StartupError
+from ..storage.chatter import ClientChatter
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in unknown_env_names():
+        logging.getLogger("ingest").warning("%s", warning)
+    for handler in logging.getLogger().handlers:
+        # urllib3's and clickhouse-connect's lines about our client's retries: the service says each failure once.
+        handler.addFilter(ClientChatter())
     if args.command != "serve":
         # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not. A filter on the
         # handler, because a library may set its own logger's level when it is imported.

@@ -193,6 +193,8 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"must be one of {', '.join(map(str, value))}, got {str(instance)[:80]!r}"
     if err.validator == "pattern":
         return _PATTERN_WORDS.get(value, f"has the wrong format (expected {value})")
+    if err.validator == "not" and list(err.absolute_path) == ["country_code"]:
+        return "XX is not a country (proxies send it for 'no data'): send ZZ for unknown, or leave country_code out"
     if err.validator == "type" and isinstance(instance, (dict, list)) and "object" not in value \
             and err.absolute_path and err.absolute_path[0] == "properties":
         return (f"nested too deep: objects and arrays nest at most {MAX_PROPERTIES_NESTING} levels inside "

@@ -24,9 +24,26 @@ def embedded_failure(path: Path, exc: BaseException) -> str:
         return f"CLICKHOUSE_URL: cannot use {path} as the embedded ClickHouse data directory: {path_problem(path, exc)}"
     holder = data_holder(path)
     if holder is not None:
-        return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): one process "
-                "can open it at a time; stop that one first, or point CLICKHOUSE_URL at another directory")
+        return held_by(path, holder)
     return f"cannot open the embedded ClickHouse in {path}: {first_line(exc)}"
+
+
+def held_by(path: Path, holder: str) -> str:
+    """What to do when another process's embedded engine holds the data directory, in one line."""
+    return (f"the embedded ClickHouse data in {path} is in use by another process (pid {holder}): the embedded engine "
+            "serves one process per data directory; stop that one first, point CLICKHOUSE_URL at another directory, "
+            "or run a ClickHouse server for several processes")
+
+
+def require_free(path: Path) -> None:
+    """Raise StartupError when another process's embedded engine holds path.
+
+    Asked before anything else is made: a second service would otherwise create its log and dead-letter file, then
+    meet the engine's lock (which chdb reports by printing `Code: 76 ... Cannot lock file` to stderr itself).
+    """
+    holder = data_holder(path)
+    if holder is not None:
+        raise StartupError(held_by(path, holder))
 
 
 def data_holder(path: Path) -> str | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import clickhouse_connect
 import orjson
@@ -15,8 +16,9 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DataError, Ope
 
 from ..contract.events import COLUMNS, Row
 from ..errors import StartupError
+from .chatter import client_call
 from .ddl import quote
-from .embedded import embedded_failure, require_engine
+from .embedded import embedded_failure, require_engine, require_free
 from .failures import CONTENT_ERROR_CODES, OPERATOR_ERROR_KINDS, certificate_problem, error_code, in_view
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,14 @@ class Sink:
         self._reader: Client | None = None
         self._read_lock = threading.Lock()
         self._reachable = False
+        # The last reason storage was found unreachable (kind, code), logged once: /health asks every few seconds.
+        self._ping_cause: tuple[str, int | None] | None = None
+
+    @contextmanager
+    def _calling(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold lock for one call of the client, its libraries' retry chatter kept out of the log (see chatter)."""
+        with lock, client_call():
+            yield
 
     def _client_for(self, database: str | None) -> Client:
         kwargs: dict[str, Any] = {**server_options(self.url, self.ca_file), "database": database}
@@ -138,6 +148,11 @@ class Sink:
 
         apply(self._client_for, Target("server"), self.database, report=lambda line: log.debug("applied %s", line))
 
+    def check_free(self) -> None:
+        """Raise StartupError when another process holds the embedded data directory (a server is never held)."""
+        if self.embedded:
+            require_free(Path(self.url.removeprefix("chdb://")))
+
     def open(self) -> None:
         """Connect now if possible; a server that is down is retried on the next call.
 
@@ -145,18 +160,19 @@ class Sink:
         """
         if self.embedded:
             require_engine()
-        with self._lock:
+        with self._calling(self._lock):
             try:
                 self._connect()
             except Exception as exc:  # noqa: BLE001 - reported, and retried by the flusher
                 if self.embedded:
                     raise StartupError(embedded_failure(Path(self.url.removeprefix("chdb://")), exc)) from exc
+                self._ping_cause = (failure_kind(exc), error_code(exc))  # said here: /health's pings need not repeat it
                 log.warning("ClickHouse not reachable yet: %s", certificate_problem(exc) or exc)
 
     def insert(self, rows: list[Row], token: str) -> None:
         """Insert rows column-wise; the token lets the server drop a repeat of this same batch."""
         block = encode_columns(rows)
-        with self._lock:
+        with self._calling(self._lock):
             client = self._connect()
             try:
                 client.raw_insert(TABLE, COLUMNS, insert_block=block, fmt=INSERT_FORMAT,
@@ -176,7 +192,7 @@ class Sink:
         """
         names = ", ".join(quote(n) for n in sorted({r[0] for r in rows}))
         first, last = min(r[1] for r in rows), max(r[1] for r in rows)
-        with self._lock:
+        with self._calling(self._lock):
             result = self._connect().query(
                 f"SELECT insert_token, count() FROM {TABLE} WHERE event_name IN ({names}) "
                 f"AND timestamp >= fromUnixTimestamp64Milli({first}, 'UTC') "
@@ -192,7 +208,7 @@ class Sink:
         """
         if self.embedded or started_at is None:
             return False
-        with self._lock:
+        with self._calling(self._lock):
             try:
                 uptime = int(str(self._connect().command("SELECT uptime()")))
             except Exception:  # noqa: BLE001 - the insert that follows meets the same failure and reports it
@@ -202,12 +218,12 @@ class Sink:
 
     def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
         """Run a statement on the inserting client (one call at a time with the inserts)."""
-        with self._lock:
+        with self._calling(self._lock):
             self._connect().command(sql, settings=dict(settings or {}))
 
     def rows(self, sql: str) -> list[tuple]:
         """A query's rows, on the inserting client (what the ingest user may read; see query() for dashboards)."""
-        with self._lock:
+        with self._calling(self._lock):
             return [tuple(row) for row in self._connect().query(sql).result_rows]
 
     def ping(self, wait: float = 1.0) -> bool:
@@ -219,10 +235,19 @@ class Sink:
         if not self._lock.acquire(timeout=wait):
             return self._reachable
         try:
-            self._connect().command("SELECT 1")
+            with client_call():
+                self._connect().command("SELECT 1")
             self._reachable = True
+            if self._ping_cause is not None:
+                log.info("ClickHouse answers again")
+                self._ping_cause = None
         except Exception as exc:  # noqa: BLE001 - the answer is False, the reason goes to the log
-            log.warning("ClickHouse ping failed: %s", certificate_problem(exc) or exc)
+            # Once per cause, as inserts are: a healthcheck pings every 10 s, and the same line each time says nothing
+            # new. A new cause, or the recovery, is said again.
+            cause = (failure_kind(exc), error_code(exc))
+            log.log(logging.WARNING if cause != self._ping_cause else logging.DEBUG, "ClickHouse ping failed: %s",
+                    certificate_problem(exc) or exc)
+            self._ping_cause = cause
             if not self.embedded:
                 self._drop_client()
             self._reachable = False
@@ -233,7 +258,7 @@ class Sink:
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
         """Run a read-only query (readonly=1: a bug cannot write) on a client of its own, so a slow dashboard query
         does not hold up inserts."""
-        with self._read_lock:
+        with self._calling(self._read_lock):
             if self._reader is None:
                 self._reader = self._client_for(self.database)
             result = self._reader.query(sql, settings={"readonly": 1})
@@ -247,9 +272,9 @@ class Sink:
                 self._client = None
 
     def close(self) -> None:
-        with self._lock:
+        with self._calling(self._lock):
             self._drop_client()
-        with self._read_lock:
+        with self._calling(self._read_lock):
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
