@@ -305,13 +305,19 @@ def test_the_funnel_panels_read_only_the_steps_events_and_read_them_once(chdb_pa
     sink.close()
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=database)
     try:
+        asked: list[str] = []
+        run = _runner(client)
+
+        def recorded(sql):
+            asked.append(sql)
+            return run(sql)
+
+        dashboard = load_dashboard()
         for key in ("", "email_domain"):
-            asked: list[str] = []
-            dashboard = load_dashboard()
-            run = _runner(client)
+            asked.clear()
             chosen = {"breakdown": [key]} if key else {}
             variables = dashboard_variables(dashboard, chosen, load_options(dashboard, RANGE, run, chosen))
-            run_panels(dashboard, RANGE, lambda sql: (asked.append(sql), run(sql))[1], variables)
+            run_panels(dashboard, RANGE, recorded, variables)
             funnels = [sql for sql in asked if "windowFunnel(3600)" in sql]
             assert len(funnels) == 2
             for sql in funnels:
