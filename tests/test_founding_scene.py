@@ -359,6 +359,16 @@ def test_the_conversion_alert_stays_quiet_at_low_volume(engine):
     assert expected_drops(events, later)["email_verified"] == 0.0
 
 
+def test_the_conversion_alert_answers_zero_per_step_when_there_were_no_sign_ups(engine):
+    """A night without sign-ups is quiet, not NoData: Grafana raises a DatasourceNoData alert for a query that
+    returns no rows, so the rule answers 0 for each step when its windows hold no session at all."""
+    client, _ = engine[True]
+    rules = [r for r in load_rules() if r["uid"] == "signup-conversion-drop"]
+    states = evaluate_all(_runner(client), T + timedelta(hours=5), rules)
+    assert {s.labels.get("step"): s.value for s in states} == {"email_verified": 0.0, "signup_completed": 0.0}
+    assert not any(s.condition_met or s.error for s in states)
+
+
 def test_every_rule_evaluates_and_the_error_rate_rule_reads_its_reduce(engine):
     client, _ = engine[False]
     states = evaluate_all(_runner(client), T)
