@@ -64,12 +64,17 @@ SELECT
 FROM (SELECT rand(1) / 4294967296 AS r FROM numbers({n}))
 """
 
-# Which dataset a cached directory holds: 2 adds the signup funnel's sessions (SIGNUPS).
-GENERATOR = 2
+# Which dataset a cached directory holds: 2 added the signup funnel's sessions (SIGNUPS), 3 at a realistic rate.
+GENERATOR = 3
 
-# Sign-ups, one session each, as many as 2% of a chunk's events: signup_started (with email_domain and plan) at a
-# uniform time of the 24 h, email_verified for 80% of them 5 s to 10 min later, signup_completed for 75% of those up
-# to 15 min after that; nothing after end_ms. So 2% signup_started, ~1.6% email_verified, ~1.2% signup_completed.
+# One sign-up per SIGNUP_EVERY events: the traffic above has ~1.4M sessions a day at 100M events (~70 events each),
+# so one sign-up for every 10 sessions, a generous rate (143,000 a day at 100M). Generator 2 had one per 50 events,
+# 2M sign-ups a day, more than all the visits; the funnel panels took 1.3 s at 24 h on it.
+SIGNUP_EVERY = 700
+
+# Sign-ups, one session each (SIGNUP_EVERY): signup_started (with email_domain and plan) at a uniform time of the
+# 24 h, email_verified for 80% of them 5 s to 10 min later, signup_completed for 75% of those up to 15 min after
+# that; nothing after end_ms.
 SIGNUPS = """
 INSERT INTO events (event_name, timestamp, session_id, user_id, device_type, country_code, properties)
 SELECT step.1, step.2, session_id, NULL, device_type, country_code, step.3
@@ -123,7 +128,7 @@ def dataset(data: Path, events: int, chunk: int) -> dict:
     while done < events:
         n = min(chunk, events - done)
         client.command(GENERATE.format(end_ms=end_ms, n=n))
-        client.command(SIGNUPS.format(end_ms=end_ms, chunk=done, signups=n // 50))
+        client.command(SIGNUPS.format(end_ms=end_ms, chunk=done, signups=n // SIGNUP_EVERY))
         done += n
         print(f"generated {done:,} events in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     generated = time.perf_counter()
