@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -177,15 +178,22 @@ def test_panels_beside_a_service_on_another_port_names_the_port_to_set(tmp_path)
 def test_panels_watch_into_a_pipe_prints_frames_without_screen_codes(tmp_path, monkeypatch):
     data = tmp_path / "data"
     Service(tmp_path, CLICKHOUSE_URL=f"chdb://{data}", INGEST_WAL_DIR=str(tmp_path / "wal")).wait_healthy().stop()
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "panels", "--watch"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "panels", "--watch", "--refresh", "0.2"], cwd=tmp_path,
                             env={**__import__("os").environ, "CLICKHOUSE_URL": f"chdb://{data}"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # A run started in the background of a shell (`pytest &`) ignores SIGINT, and children
                             # inherit that: give this one Ctrl-C as a terminal would.
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(7)  # two refreshes, 5 s apart
+    assert proc.stdout is not None
+    hang = threading.Timer(60, proc.kill)  # a watch that never prints its second frame fails, not hangs
+    hang.start()
+    seen = []
+    while sum("Product analytics" in line for line in seen) < 2 and (line := proc.stdout.readline()):
+        seen.append(line)  # frames arrive one after another as they are drawn, not at exit
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
+    hang.cancel()
+    out = "".join(seen) + out
     assert proc.returncode == 0, err
     assert out.count("Product analytics") >= 2 and "\033" not in out
 

@@ -26,6 +26,8 @@ def add_arguments(panels: argparse.ArgumentParser) -> None:
     panels.add_argument("--country", metavar="CODE[,CODE...]",
                         help="show these countries only (ISO codes, e.g. DE,FR): the same as --var "
                              "country_code=CODE for each (default: the dashboard's saved selection, All)")
+    # Seconds between --watch refreshes; not in --help (the dashboard's 5 s is the one to use): tests use a short one.
+    panels.add_argument("--refresh", type=float, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentParser) -> int:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentP
         chosen[name] = values
     try:
         return terminal.main(settings, args.range, args.watch, args.dashboard, sys.stdout, chosen,
-                             as_json=args.json)
+                             as_json=args.json, refresh=args.refresh)
     except (terminal.PanelsError, terminal.DashboardError, StartupError) as exc:
         print(f"ingest panels: {exc}", file=sys.stderr)
         return 1

@@ -500,9 +500,11 @@ def _generic(r: PanelResult, width: int) -> list[str]:
 
 
 def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out: TextIO,
-         chosen: dict[str, list[str]] | None = None, service_url: str | None = None, as_json: bool = False) -> int:
-    """Print the dashboard once, or every 5 s with --watch until Ctrl-C (`chosen`: variable values from --var); as
-    one JSON document per refresh with as_json. Raises PanelsError or DashboardError."""
+         chosen: dict[str, list[str]] | None = None, service_url: str | None = None, as_json: bool = False,
+         refresh: float | None = None) -> int:
+    """Print the dashboard once, or every `refresh` seconds with --watch until Ctrl-C (`chosen`: variable values
+    from --var); as one JSON document per refresh with as_json. Raises PanelsError or DashboardError."""
+    refresh = REFRESH_SECONDS if refresh is None else refresh
     dashboard = load_dashboard(Path(dashboard_file) if dashboard_file else None)
     source = open_source(settings, dashboard, chosen, service_url)
     tty = out.isatty()
@@ -515,7 +517,7 @@ def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out
                 out.flush()
                 if not watch:
                     return 0
-                time.sleep(REFRESH_SECONDS)
+                time.sleep(refresh)
                 continue
             # A terminal's own size, less the line the cursor (or the prompt) takes, so the top stays in view; a pipe
             # or a file gets 80 columns and every line (nothing scrolls there, and a script wants all the panels).
@@ -528,7 +530,7 @@ def main(settings, range_name: str, watch: bool, dashboard_file: str | None, out
             out.flush()
             if not watch:
                 return 0
-            time.sleep(REFRESH_SECONDS)
+            time.sleep(refresh)
             if not clear:
                 out.write("\n")
     except KeyboardInterrupt:
