@@ -16,6 +16,7 @@ from ingest.grafana.macros import QueryRange, expand
 from ingest.grafana.variables import dashboard_variables, substitute
 from ingest.storage.sink import Sink
 
+from .harness.engine import read_only_database
 from .harness.panel_truth import (
     COLUMNS,
     EMPTY_MINUTE,
@@ -42,13 +43,28 @@ from .harness.panel_truth import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def shared(chdb_path):
+    """build_events() loaded once into a database of this module's own: the tests that take it only read it."""
+    def load(client):
+        events = build_events()
+        client.insert("events", events, column_names=COLUMNS)
+        return events
+
+    with read_only_database(chdb_path, load) as shared:
+        yield shared
+
+
 @pytest.fixture
-def loaded(ch, settings):
-    """The events table in the test's database, filled with build_events()."""
-    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
-    events = build_events()
-    ch.insert("events", events, column_names=COLUMNS)
-    return events
+def reader(shared):
+    """A read-only client on the shared database."""
+    return shared[0]
+
+
+@pytest.fixture
+def loaded(shared):
+    """The events the shared database holds."""
+    return shared[1]
 
 
 ALIGNED = QueryRange(F, T)  # run_panel's default range
@@ -103,9 +119,9 @@ def test_every_filter_keeps_some_events_and_drops_others_of_each_kind(loaded, se
 
 @pytest.mark.parametrize("selection, range_name", CASES)
 def test_active_users_is_distinct_sessions_in_the_last_5_minutes_with_a_sparkline_of_5_minute_windows(
-        ch, loaded, selection, range_name):
+        reader, loaded, selection, range_name):
     start, end = RANGES[range_name]
-    panel, columns, rows = run_panel(ch, "Active users", QueryRange(start, end), selection)
+    panel, columns, rows = run_panel(reader, "Active users", QueryRange(start, end), selection)
     got = [(utc(t), v) for t, v in rows]
     expected = expected_active(loaded, keeps(selection), start, end)
     assert got == expected
@@ -116,17 +132,17 @@ def test_active_users_is_distinct_sessions_in_the_last_5_minutes_with_a_sparklin
     assert got[-1][1] > 0 and any(v > 0 for _, v in got[:-1])
 
 
-def test_the_big_numbers_window_is_open_at_its_start_and_closed_at_its_end(ch, loaded):
-    _, _, rows = run_panel(ch, "Active users")
+def test_the_big_numbers_window_is_open_at_its_start_and_closed_at_its_end(reader, loaded):
+    _, _, rows = run_panel(reader, "Active users")
     window = {e[2] for e in loaded if T - timedelta(minutes=5) < e[1] <= T}
     assert "s-window-in" in window and "s-window-out" not in window
     assert rows[-1][1] == len(window)
 
 
 @pytest.mark.parametrize("selection, range_name", CASES)
-def test_signup_funnel_counts_per_hour_and_conversion_without_division_by_zero(ch, loaded, selection, range_name):
+def test_signup_funnel_counts_per_hour_and_conversion_without_division_by_zero(reader, loaded, selection, range_name):
     start, end = RANGES[range_name]
-    panel, columns, rows = run_panel(ch, "Signup funnel", QueryRange(start, end), selection)
+    panel, columns, rows = run_panel(reader, "Signup funnel", QueryRange(start, end), selection)
     assert columns == ["time", "started", "completed", "conversion_pct"]
     got = [(utc(t), s, c, pct) for t, s, c, pct in rows]
     expected = expected_funnel(loaded, keeps(selection), start, end)
@@ -141,18 +157,18 @@ def test_signup_funnel_counts_per_hour_and_conversion_without_division_by_zero(c
 
 
 @pytest.mark.parametrize("selection, range_name", CASES)
-def test_top_features_ranks_ten_by_unique_users_ties_alphabetical(ch, loaded, selection, range_name):
+def test_top_features_ranks_ten_by_unique_users_ties_alphabetical(reader, loaded, selection, range_name):
     start, end = RANGES[range_name]
-    panel, columns, rows = run_panel(ch, "Top features", QueryRange(start, end), selection)
+    panel, columns, rows = run_panel(reader, "Top features", QueryRange(start, end), selection)
     assert columns == ["feature", "users"]
     assert [tuple(r) for r in rows] == expected_top(loaded, keeps(selection), start, end)
     assert len(rows) == 10
 
 
 @pytest.mark.parametrize("selection, range_name", CASES)
-def test_error_rate_is_percent_of_events_per_minute_with_gaps_for_empty_minutes(ch, loaded, selection, range_name):
+def test_error_rate_is_percent_of_events_per_minute_with_gaps_for_empty_minutes(reader, loaded, selection, range_name):
     start, end = RANGES[range_name]
-    panel, columns, rows = run_panel(ch, "Error rate", QueryRange(start, end), selection)
+    panel, columns, rows = run_panel(reader, "Error rate", QueryRange(start, end), selection)
     got = [(utc(t), v) for t, v in rows]
     expected = expected_error_rate(loaded, keeps(selection), start, end)
     assert [t for t, _ in got] == [t for t, _ in expected]
@@ -174,7 +190,7 @@ def _alert_rule():
     return group, rule
 
 
-def test_alert_query_returns_the_error_rate_its_threshold_compares(ch, loaded):
+def test_alert_query_returns_the_error_rate_its_threshold_compares(reader, loaded):
     group, rule = _alert_rule()
     data = {d["refId"]: d for d in rule["data"]}
     query = data["A"]
@@ -189,7 +205,7 @@ def test_alert_query_returns_the_error_rate_its_threshold_compares(ch, loaded):
 
     for end in (T, T - timedelta(minutes=42), F - timedelta(hours=1)):  # the last window holds no events at all
         qrange = QueryRange(end - window, end, timedelta(milliseconds=query["model"]["intervalMs"]))
-        rows = ch.query(expand(query["model"]["rawSql"], qrange)).result_rows
+        rows = reader.query(expand(query["model"]["rawSql"], qrange)).result_rows
         window_events = [e for e in loaded if in_range(e[1], end - window, end)]
         want = 0.0 if not window_events else \
             100 * sum(e[0] == "error_occurred" for e in window_events) / len(window_events)

@@ -19,6 +19,7 @@ from ingest.storage.ddl import ddl_files, statements
 from ingest.storage.rollups import rebuild
 from ingest.storage.sink import Sink
 
+from .harness.engine import read_only_database
 from .harness.panel_truth import COLUMNS, COUNTRIES, DEVICES, MS, SELECTIONS, chosen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,22 +120,39 @@ def test_only_the_panels_with_a_raw_table_twin_read_rollups():
             assert not tables & set(ROLLUPS), f"{panel.title} reads {sorted(tables & set(ROLLUPS))}: add its twin"
 
 
+@pytest.fixture(scope="module")
+def shared(chdb_path):
+    """random_events() loaded once (in batches) into a database of this module's own: the tests that take it only
+    read it."""
+    def load(client):
+        events = random_events()
+        _insert_in_batches(client, events)
+        return events
+
+    with read_only_database(chdb_path, load) as shared:
+        yield shared
+
+
 @pytest.fixture
-def loaded(ch, settings):
-    Sink(settings.clickhouse_url, settings.clickhouse_database).apply_schema()
-    events = random_events()
-    _insert_in_batches(ch, events)
-    return events
+def reader(shared):
+    """A read-only client on the shared database."""
+    return shared[0]
+
+
+@pytest.fixture
+def loaded(shared):
+    """The events the shared database holds."""
+    return shared[1]
 
 
 @pytest.mark.parametrize("selection", list(SELECTIONS))
-def test_every_panel_answers_as_the_raw_table_for_any_range(ch, loaded, selection):
+def test_every_panel_answers_as_the_raw_table_for_any_range(reader, loaded, selection):
     assert len(_pairs(selection)) == 4
     for range_name, (start, end) in RANGES.items():
         qrange = QueryRange(start, end, timedelta(seconds=10))
         for name, dashboard_sql, raw_sql in _pairs(selection):
-            got = _normal(ch.query(expand(dashboard_sql, qrange)).result_rows)
-            want = _normal(ch.query(expand(raw_sql, qrange)).result_rows)
+            got = _normal(reader.query(expand(dashboard_sql, qrange)).result_rows)
+            want = _normal(reader.query(expand(raw_sql, qrange)).result_rows)
             assert want, f"{name}, {range_name}: the reference returned nothing, the comparison would prove nothing"
             assert got == want, f"{name}, {range_name}, {selection}"
 
@@ -147,13 +165,13 @@ def _estimate(ch, sql: str) -> dict[str, int]:
     return rows
 
 
-def test_all_reads_only_the_unsegmented_rollups_and_a_filter_only_the_segmented_ones(ch, loaded):
+def test_all_reads_only_the_unsegmented_rollups_and_a_filter_only_the_segmented_ones(reader, loaded):
     """"All" must cost what the dashboard cost before the segments: its query plans no row of a segmented rollup;
     a filter plans no row of an unsegmented one (the branch it does not take has a constant-false WHERE)."""
     qrange = QueryRange(*RANGES["all of it"])
     for selection in SELECTIONS:
         for name, dashboard_sql, _ in _pairs(selection):
-            planned = _estimate(ch, expand(dashboard_sql, qrange))
+            planned = _estimate(reader, expand(dashboard_sql, qrange))
             skipped = SEGMENTED if selection == "everyone" else UNSEGMENTED
             assert not {t: n for t, n in planned.items() if t in skipped and n}, (name, selection, planned)
             assert any(planned.get(t) for t in set(ROLLUPS) - set(skipped)), (name, selection, planned)
@@ -248,8 +266,8 @@ def test_events_from_before_the_rollups_existed_appear_after_a_rebuild(ch, setti
     assert agree()
 
 
-def test_rollups_keep_the_events_tables_retention_and_monthly_partitions(ch, loaded):
-    tables = dict(ch.query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
+def test_rollups_keep_the_events_tables_retention_and_monthly_partitions(reader, loaded):
+    tables = dict(reader.query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
                            "AND engine LIKE '%MergeTree'").result_rows)
     assert set(tables) == {"events", *ROLLUPS}
     for name, engine in tables.items():

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import clickhouse_connect
 
 from ingest.storage.sink import Sink
 
@@ -41,3 +46,23 @@ def count_rows(data_dir: Path, database: str, where: str = "1") -> int:
     """Rows of events in an embedded data directory, read from a fresh process."""
     [[rows]] = read_rows(data_dir, database, f"SELECT count() FROM events WHERE {where}")
     return rows
+
+
+@contextmanager
+def read_only_database(chdb_path: str, load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
+    """A database of its own with the schema, filled once by load(client), for the tests of a module that only read
+    it: yields a read-only client on it (an insert or a DROP through it fails) and what load returned. Dropped at the
+    end, after checking that it still holds the rows loaded."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    Sink(f"chdb://{chdb_path}", database).apply_schema()
+    writer = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=database)
+    reader = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=database, settings={"readonly": 2})
+    try:
+        loaded = load(writer)
+        rows = writer.command("SELECT count() FROM events")
+        yield reader, loaded
+        assert writer.command("SELECT count() FROM events") == rows, "a reader changed the shared database"
+    finally:
+        writer.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+        reader.close()
+        writer.close()
