@@ -8,6 +8,10 @@ import json
 import brotli
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from ingest.api.app import RequestError, _parse_events, _read_body
+from ingest.contract.validation import EventValidator
 
 from .harness.engine import count
 from .harness.events import event
@@ -31,26 +35,35 @@ async def test_ten_thousand_nested_arrays_are_a_400_not_a_crash(make_client):
     assert body["error"] == "malformed_json" and "depth" in body["message"]
 
 
+def _judge(body: bytes):
+    """(rows, rejected) as POST /events decides them for this body: one parse, then the validator. Over HTTP the
+    handler answers with exactly these (tests/test_events_api.py), so the rules are tested here as units."""
+    return EventValidator().judge(_parse_events(body))
+
+
+def _malformed(body: bytes) -> str:
+    """The whole-request refusal's code for this body (a RequestError, answered 4xx with it over HTTP)."""
+    with pytest.raises(RequestError) as refused:
+        _parse_events(body)
+    assert refused.value.status == 400
+    return refused.value.code
+
+
 @pytest.mark.parametrize("field", ["properties", "session_id", "user_id", "colour"])
-async def test_a_value_nested_1000_deep_rejects_only_its_event(make_client, ch, field):
+def test_a_value_nested_1000_deep_rejects_only_its_event(field):
     # Within orjson's depth limit, so it parses; the report must not recurse into it.
-    client = await make_client()
     nested = b'{"a":' * 1000 + b"1" + b"}" * 1000
-    resp = await _post(client, b"[" + orjson.dumps(event(session_id="good"))
-                       + b"," + _with(f'"{field}":'.encode() + nested) + b"]")
-    assert resp.status == 202
-    body = await resp.json()
-    [rejected] = body["rejected"]
+    good = orjson.dumps(event(session_id="good"))
+    rows, rejected = _judge(b"[" + good + b"," + _with(f'"{field}":'.encode() + nested) + b"]")
+    assert [row[2] for row in rows] == ["good"]
+    [rejected] = rejected
     assert rejected["index"] == 1 and "nested deeper than" in rejected["errors"][0]["message"]
     assert rejected["errors"][0]["path"].startswith(f"/{field}/a/a")
-    await eventually(lambda: count(ch) == 1)
 
 
-async def test_an_event_that_is_itself_nested_arrays_is_rejected_alone(make_client):
-    client = await make_client()
-    resp = await _post(client, b"[" + orjson.dumps(event()) + b"," + b"[" * 1000 + b"]" * 1000 + b"]")
-    assert resp.status == 202
-    assert (await resp.json())["rejected"][0]["index"] == 1
+def test_an_event_that_is_itself_nested_arrays_is_rejected_alone():
+    rows, rejected = _judge(b"[" + orjson.dumps(event()) + b"," + b"[" * 1000 + b"]" * 1000 + b"]")
+    assert len(rows) == 1 and [r["index"] for r in rejected] == [1]
 
 
 async def test_integers_beyond_64_bits_are_stored_as_floats_in_properties(make_client, ch):
@@ -63,18 +76,13 @@ async def test_integers_beyond_64_bits_are_stored_as_floats_in_properties(make_c
 
 
 @pytest.mark.parametrize("raw", [b'"session_id": 18446744073709551616', b'"user_id": -99999999999999999999999'])
-async def test_huge_integers_where_strings_belong_are_per_event_rejections(make_client, raw):
-    client = await make_client()
-    resp = await _post(client, b"[" + _with(raw) + b"]")
-    assert resp.status == 400
-    body = await resp.json()
-    assert body["error"] == "no_valid_events" and "must be string" in body["rejected"][0]["errors"][0]["message"]
+def test_huge_integers_where_strings_belong_are_per_event_rejections(raw):
+    rows, rejected = _judge(b"[" + _with(raw) + b"]")  # no row: POST /events answers 400 no_valid_events
+    assert rows == [] and "must be string" in rejected[0]["errors"][0]["message"]
 
 
-async def test_a_number_beyond_double_range_is_malformed_json(make_client):
-    client = await make_client()
-    resp = await _post(client, b"[" + _with(b'"properties": {"x": 1e400}') + b"]")
-    assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
+def test_a_number_beyond_double_range_is_malformed_json():
+    assert _malformed(b"[" + _with(b'"properties": {"x": 1e400}') + b"]") == "malformed_json"
 
 
 @pytest.mark.parametrize("body", [
@@ -83,10 +91,8 @@ async def test_a_number_beyond_double_range_is_malformed_json(make_client):
     pytest.param(b"[" + _with(b'"properties": {"path": "\\ud800"}') + b"]", id="lone-surrogate-escape"),
     pytest.param(b"\xef\xbb\xbf[" + orjson.dumps(event()) + b"]", id="byte-order-mark"),
 ])
-async def test_text_that_is_not_utf8_is_a_400(make_client, body):
-    client = await make_client()
-    resp = await _post(client, body)
-    assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
+def test_text_that_is_not_utf8_is_a_400(body):
+    assert _malformed(body) == "malformed_json"
 
 
 async def test_nul_is_refused_in_ids_and_round_trips_in_properties(make_client, ch):
@@ -112,22 +118,20 @@ async def test_duplicate_keys_the_last_value_is_judged_and_stored(make_client, c
     assert ch.query("SELECT session_id, properties FROM events").result_rows == [("second", '{"k":2}')]
 
 
-async def test_a_duplicate_key_whose_last_value_is_invalid_rejects_the_event(make_client):
-    client = await make_client()
-    resp = await _post(client, b"[" + _with(b'"country_code": "germany"', event(country_code="DE")) + b"]")
-    assert resp.status == 400
-    assert (await resp.json())["rejected"][0]["errors"][0]["path"] == "/country_code"
+def test_a_duplicate_key_whose_last_value_is_invalid_rejects_the_event():
+    rows, rejected = _judge(b"[" + _with(b'"country_code": "germany"', event(country_code="DE")) + b"]")
+    assert rows == [] and rejected[0]["errors"][0]["path"] == "/country_code"
 
 
 @pytest.mark.parametrize("content_type", [
     "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "text/html",
     "application/octet-stream", "application/json-patch+json", "",
 ])
-async def test_wrong_content_types_are_415_json(make_client, content_type):
-    client = await make_client()
-    resp = await client.post("/events", data=orjson.dumps([event()]), headers={"Content-Type": content_type})
-    assert resp.status == 415
-    assert resp.content_type == "application/json" and (await resp.json())["error"] == "unsupported_media_type"
+async def test_wrong_content_types_are_415_json(content_type):
+    # Refused from the headers, before the body is read; over HTTP (a 415 JSON answer): test_events_api.py.
+    with pytest.raises(RequestError) as refused:
+        await _read_body(make_mocked_request("POST", "/events", headers={"Content-Type": content_type}), 65_536)
+    assert (refused.value.status, refused.value.code) == (415, "unsupported_media_type")
 
 
 async def test_brotli_bodies_are_accepted(make_client, ch):
