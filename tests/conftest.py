@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 import uuid
 from typing import Any, Callable
 
@@ -11,6 +13,33 @@ import pytest
 
 from ingest.api.app import create_app
 from ingest.config import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_port_taken():
+    """Something listens on the service's default address (127.0.0.1:3001) while the tests run, as the Quickstart's
+    service in another terminal would: a test that needs the default port free fails on every run, not only on some
+    machines. It answers by closing the connection, so a client sent there by mistake fails at once."""
+    try:
+        listener = socket.create_server(("127.0.0.1", 3001))
+    except OSError:  # taken already (that service, or another test process of this run): the same situation
+        yield
+        return
+
+    def refuse() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed at the end of the session
+                return
+            connection.close()
+
+    threading.Thread(target=refuse, name="default-port-taken", daemon=True).start()
+    try:
+        yield
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +84,22 @@ def make_client(ch, aiohttp_client, settings) -> Callable:
         return await aiohttp_client(create_app(dataclasses.replace(settings, **overrides)))
 
     return make
+
+
+OPT_IN = ("floors", "soak")  # run only when -m names them
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leaves out the `floors` and `soak` tests unless -m names them (`-m "not slow"` runs neither), and marks `unit`
+    every test that starts no real process (not `slow`, `floors` or `soak`) and opens no engine (no chdb_path, so no
+    `ch`, `settings` or `make_client`): the inner loop, `pytest -m unit`."""
+    named = config.getoption("markexpr") or ""
+    left_out = [item for item in items
+                if any(item.get_closest_marker(m) and m not in named for m in OPT_IN)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("slow", "floors", "soak")) \
+                and "chdb_path" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.unit)

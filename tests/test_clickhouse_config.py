@@ -273,6 +273,7 @@ def _section(name: str) -> str:
             f"<flush_interval_milliseconds>200</flush_interval_milliseconds></{name}>")
 
 
+@pytest.mark.slow  # starts the engine in processes of its own
 def test_every_system_log_the_engine_knows_is_removed_or_expires(tmp_path):
     """The server's config.xml switches most system logs on; here every log the real engine knows is switched on,
     logs.xml is merged over it as the server merges config.d, and the engine says which it creates."""

@@ -30,6 +30,9 @@ from ingest.storage.targets import REPLICA_PATH, Target, access_statements, data
 from .harness.tools import require_tool
 from .stack import CLUSTER_FILE, CLUSTER_SECRETS, COMPOSE_FILE, ROOT, docker_compose, init_table_names, stack_env
 
+# docker-compose renders the overlay for most tests, and engines run in processes of their own.
+pytestmark = pytest.mark.slow
+
 CLUSTER = "analytics"
 CLUSTER_DIR = ROOT / "clickhouse" / "cluster"
 KEEPERS = ("keeper-1", "keeper-2", "keeper-3")

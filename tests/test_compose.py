@@ -47,6 +47,7 @@ def services() -> dict:
 
 # --- a real Compose implementation reads the file -------------------------------------------------
 
+@pytest.mark.slow  # runs docker-compose
 def test_docker_compose_accepts_the_file_with_every_secret_set(tmp_path):
     tool = require_tool("docker-compose")
     result = docker_compose(tool, tmp_path, stack_env(), "config")
@@ -55,6 +56,7 @@ def test_docker_compose_accepts_the_file_with_every_secret_set(tmp_path):
     assert set(resolved["services"]) == SERVICES
 
 
+@pytest.mark.slow  # runs docker-compose
 @pytest.mark.parametrize("secret", SECRETS)
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
 def test_docker_compose_refuses_to_start_while_a_secret_is_unset_or_empty(tmp_path, secret, value):
@@ -64,6 +66,7 @@ def test_docker_compose_refuses_to_start_while_a_secret_is_unset_or_empty(tmp_pa
     assert f"set {secret} in .env" in result.stderr
 
 
+@pytest.mark.slow  # runs docker-compose
 def test_docker_compose_resolves_the_database_name_into_every_service(tmp_path):
     tool = require_tool("docker-compose")
     env = stack_env(CLICKHOUSE_DATABASE="shop_events")
@@ -79,6 +82,7 @@ def test_docker_compose_resolves_the_database_name_into_every_service(tmp_path):
         assert {k: str(v) for k, v in resolved[name].get("environment", {}).items()} == environment(name, env)
 
 
+@pytest.mark.slow  # runs docker-compose
 def test_docker_compose_keeps_the_order_the_services_start_in(tmp_path):
     """1.29 knows `service_completed_successfully` (it rejects a condition it does not know, below) and keeps it."""
     tool = require_tool("docker-compose")
@@ -94,6 +98,7 @@ def test_docker_compose_keeps_the_order_the_services_start_in(tmp_path):
     assert refused.returncode != 0 and "service_finished" in refused.stderr
 
 
+@pytest.mark.slow  # runs docker-compose
 def test_docker_compose_rejects_what_it_does_not_know(tmp_path):
     """The check above is worth something only if the tool really validates keys."""
     tool = require_tool("docker-compose")
@@ -381,6 +386,7 @@ def test_prometheus_scrapes_ingest_every_5_seconds_where_it_listens():
     assert job["static_configs"][0]["targets"] == [f"ingest:{port}"]
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_accepts_the_prometheus_config():
     tool = require_tool("promtool")
     result = subprocess.run([tool, "check", "config", str(ROOT / "prometheus" / "prometheus.yml")],

@@ -20,6 +20,9 @@ import pytest
 from .grafana_types import TYPESCRIPT, TypeCheck, grafana_version, packages, panel_module
 from .stack import ROOT
 
+# The TypeScript compiler (node) checks the dashboards.
+pytestmark = pytest.mark.slow
+
 DASHBOARD_FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
 

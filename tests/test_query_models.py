@@ -20,6 +20,9 @@ from ingest.grafana.macros import PLUGIN_VERSION
 from .grafana_types import TypeCheck, packages
 from .stack import ROOT
 
+# The TypeScript compiler (node) checks the query models.
+pytestmark = pytest.mark.slow
+
 PLUGIN_ID = "grafana-clickhouse-datasource"
 GRAFANA = ROOT / "grafana"
 

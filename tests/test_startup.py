@@ -3,6 +3,8 @@ two services on one write-ahead log (which lost acknowledged events)."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from .harness.engine import count_rows
@@ -104,6 +106,13 @@ def test_a_second_service_on_the_same_embedded_data_says_which_process_holds_it(
         one_line_error(result.stdout + result.stderr, str(data), "in use", str(first.proc.pid))
     finally:
         assert first.stop() == 0
+
+
+def test_the_tests_run_with_something_listening_on_the_default_port():
+    """conftest.py's default_port_taken: every test passes with 127.0.0.1:3001 taken, as on a machine where the
+    Quickstart's service runs in another terminal."""
+    with socket.create_connection(("127.0.0.1", 3001), timeout=5):
+        pass
 
 
 def test_a_busy_port_is_refused_before_anything_is_opened(tmp_path):
