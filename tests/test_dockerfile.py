@@ -17,6 +17,7 @@ import zipfile
 import pytest
 from aiohttp import web
 
+from .harness.service import Service
 from .stack import ROOT
 
 DOCKERFILE = ROOT / "ingest" / "Dockerfile"
@@ -67,9 +68,16 @@ def test_runs_as_a_non_root_user():
     assert all(k != "RUN" or "su " not in rest for k, rest in instructions()[last_user:])
 
 
-def test_starts_the_service_with_python_m_ingest_serve():
+@pytest.mark.slow
+def test_the_images_command_starts_a_healthy_service(tmp_path):
+    """The CMD, run as the image runs it (exec form; `python` is the image's, here the test's), with storage of its
+    own, answers /health and stops cleanly on SIGTERM (docker stop)."""
     (cmd,) = arguments("CMD")
-    assert json.loads(cmd) == ["python", "-m", "ingest", "serve"]
+    program, *args = json.loads(cmd)
+    assert program == "python", cmd
+    service = Service(tmp_path, command=[sys.executable, *args], CLICKHOUSE_URL=f"chdb://{tmp_path / 'data'}",
+                      INGEST_WAL_DIR=str(tmp_path / "wal")).wait_healthy()
+    assert service.stop() == 0
 
 
 def healthcheck_command() -> list[str]:

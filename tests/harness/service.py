@@ -42,11 +42,12 @@ class Service:
     """`python -m ingest serve` in its own process, on the loopback port the system picks unless INGEST_PORT is set.
 
     Its output goes to `log` (default: a new file in cwd); the port is known once wait_healthy() has read it there.
-    `open_files` (soft, hard) limits its open files as a container's `ulimit -n` would.
+    `open_files` (soft, hard) limits its open files as a container's `ulimit -n` would; `command` starts it otherwise
+    than `python -m ingest serve` (as the image's CMD does, say).
     """
 
     def __init__(self, cwd: Path, *, log: Path | None = None, open_files: tuple[int, int] | None = None,
-                 **env: str) -> None:
+                 command: list[str] | None = None, **env: str) -> None:
         # INFO: the line that names the port is an INFO line, whatever the caller's environment says.
         self.env = {**os.environ, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": "0", "INGEST_LOG_LEVEL": "INFO", **env}
         self.log = log or Path(cwd) / f"serve-{time.monotonic_ns()}.log"
@@ -61,7 +62,7 @@ class Service:
                 resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
 
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=self.env, cwd=cwd,
+            self.proc = subprocess.Popen(command or [sys.executable, "-m", "ingest", "serve"], env=self.env, cwd=cwd,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          preexec_fn=limit_files if open_files is not None else None)
 
