@@ -99,6 +99,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if item not in left_out]
+    # The tests that start processes first: with -n 2 the short ones then fill in behind them, and no worker is left
+    # with a long test at the end while the other waits (a stable sort: the order within each kind stays).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         if not any(item.get_closest_marker(m) for m in ("slow", "floors", "soak")) \
                 and "chdb_path" not in getattr(item, "fixturenames", ()):

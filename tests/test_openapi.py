@@ -58,7 +58,10 @@ def test_openapi_document_embeds_the_event_schema_and_lists_every_route(live_url
     assert documented == served
 
 
-def test_schemathesis_finds_no_server_error_or_contract_breach(live_url, ch):
+# The two generation modes are two tests (generating the cases is most of their time): run side by side with -n 2.
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE],
+                         ids=["positive", "negative"])
+def test_schemathesis_finds_no_server_error_or_contract_breach(live_url, ch, mode):
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json")
     cases: collections.Counter[str] = collections.Counter()
     accepted = 0
@@ -68,34 +71,36 @@ def test_schemathesis_finds_no_server_error_or_contract_breach(live_url, ch):
         operation = result.ok()
         name = f"{operation.method.upper()} {operation.path}"
         has_inputs = operation.body or any(True for _ in operation.iter_parameters())
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)[:1 + bool(has_inputs)]:
+        if mode == schemathesis.GenerationMode.NEGATIVE and not has_inputs:
+            continue  # nothing to make invalid
+        strategy = operation.as_strategy(generation_mode=mode)
+        if mode == schemathesis.GenerationMode.POSITIVE:
+            strategy = strategy.map(_fresh_timestamps)
 
-            strategy = operation.as_strategy(generation_mode=mode)
-            if mode == schemathesis.GenerationMode.POSITIVE:
-                strategy = strategy.map(_fresh_timestamps)
+        @given(case=strategy)
+        @hyp_settings(max_examples=EXAMPLES.get(name, 5), deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+        def run(name, case):
+            nonlocal accepted
+            cases[name] += 1
+            response = case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
+                                              excluded_checks=EXCLUDED, timeout=30)
+            statuses[response.status_code] += 1
+            if case.meta and case.meta.generation.mode == schemathesis.GenerationMode.NEGATIVE \
+                    and name == "POST /events":
+                # Refused whole, or (events are judged one by one) with the invalid ones listed.
+                assert 400 <= response.status_code < 500 or response.json()["rejected"], response.text[:300]
+            if response.status_code == 202:
+                accepted += response.json()["accepted"]
 
-            @given(case=strategy)
-            @hyp_settings(max_examples=EXAMPLES.get(name, 5), deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
-            def run(name, case):
-                nonlocal accepted
-                cases[name] += 1
-                response = case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
-                                                  excluded_checks=EXCLUDED, timeout=30)
-                statuses[response.status_code] += 1
-                if case.meta and case.meta.generation.mode == schemathesis.GenerationMode.NEGATIVE \
-                        and name == "POST /events":
-                    # Refused whole, or (events are judged one by one) with the invalid ones listed.
-                    assert 400 <= response.status_code < 500 or response.json()["rejected"], response.text[:300]
-                if response.status_code == 202:
-                    accepted += response.json()["accepted"]
-
-            run(name)  # this operation's name, passed in rather than read from the enclosing loop
+        run(name)  # this operation's name, passed in rather than read from the enclosing loop
     print(f"\nschemathesis: {sum(cases.values())} cases in {time.monotonic() - started:.1f} s, {dict(cases)}, "
           f"statuses {dict(sorted(statuses.items()))}")
-    assert cases["POST /events"] >= 100 and set(cases) >= {"POST /events", "GET /health", "GET /metrics"}
+    assert cases["POST /events"] >= 100
     assert not [s for s in statuses if s >= 500]
-    assert accepted > 0  # odd but valid events (any unicode, any numbers) went all the way to storage
+    if mode == schemathesis.GenerationMode.POSITIVE:
+        assert set(cases) >= {"POST /events", "GET /health", "GET /metrics"}
+        assert accepted > 0  # odd but valid events (any unicode, any numbers) went all the way to storage
     # What was acknowledged is stored, and nothing else.
     deadline = time.monotonic() + 10
     while count(ch) != accepted and time.monotonic() < deadline:
