@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
+from ingest.contract.events import country_from_header
 from ingest.contract.validation import EventValidator
 
 from .harness.engine import break_storage, count, repair_storage
@@ -121,16 +122,25 @@ async def test_without_a_country_header_setting_events_without_a_country_are_sto
 @pytest.mark.parametrize(("header", "stored"), [
     ("FR", "FR"), ("fr", "FR"), (" US ", "US"), ("XX", "ZZ"), ("T1", "ZZ"), ("", "ZZ"), ("FRA", "ZZ"), (None, "ZZ"),
 ])
-async def test_a_configured_proxy_header_gives_events_without_a_country_theirs(make_client, ch, header, stored):
-    client = await make_client(country_header="CF-IPCountry")
-    headers = {} if header is None else {"cf-ipcountry": header}  # header names are case-insensitive
+def test_a_proxy_headers_value_becomes_the_country_of_events_without_one(header, stored):
+    """What the configured header's value gives events without a country_code (the handler passes it, read by name,
+    to the validator: over HTTP into storage in the test below)."""
     batch = [_no_country(session_id="none"), event(session_id="own", country_code="DE")]
-    resp = await client.post("/events", json=batch, headers=headers)
+    rows, rejected = EventValidator().judge(batch, country=country_from_header(header))
+    assert rejected == []
+    # The event's own country wins: a backend sending on a visitor's behalf may know it.
+    assert {row[2]: row[5] for row in rows} == {"none": stored, "own": "DE"}
+
+
+async def test_a_configured_proxy_header_gives_events_without_a_country_theirs(make_client, ch):
+    client = await make_client(country_header="CF-IPCountry")
+    batch = [_no_country(session_id="none"), event(session_id="own", country_code="DE")]
+    # Header names are case-insensitive; the value is normalized (test above).
+    resp = await client.post("/events", json=batch, headers={"cf-ipcountry": " fr "})
     assert resp.status == 202 and (await resp.json())["accepted"] == 2
     await eventually(lambda: count(ch) == 2)
-    # The event's own country wins: a backend sending on a visitor's behalf may know it.
     assert dict(ch.query("SELECT session_id, toString(country_code) FROM events").result_rows) == {
-        "none": stored, "own": "DE"}
+        "none": "FR", "own": "DE"}
 
 
 async def test_a_request_whose_events_are_all_invalid_is_a_400_that_lists_them(make_client):
