@@ -91,14 +91,14 @@ OPT_IN = ("floors", "soak")  # run only when -m names them
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Leaves out the `floors` and `soak` tests unless -m names them (`-m "not slow"` runs neither), and marks `unit`
-    every test that starts no real process (not `slow`, `floors` or `soak`) and opens no engine (no chdb_path, so no
-    `ch`, `settings` or `make_client`): the inner loop, `pytest -m unit`."""
+    every test that starts no service or tool (not `slow`, `floors` or `soak`; a short `python -m ingest --help` is
+    fine) and opens no engine (no chdb_path, so no `ch`, `settings` or `make_client`): the inner loop, -m unit."""
     named = config.getoption("markexpr") or ""
-    left_out = [item for item in items
-                if any(item.get_closest_marker(m) and m not in named for m in OPT_IN)]
+    left_out = [item for item in items if any(item.get_closest_marker(m) and m not in named for m in OPT_IN)]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        items[:] = [item for item in items if item not in left_out]
+        dropped = set(left_out)
+        items[:] = [item for item in items if item not in dropped]
     # The tests that start processes first: with -n 2 the short ones then fill in behind them, and no worker is left
     # with a long test at the end while the other waits (a stable sort: the order within each kind stays).
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
