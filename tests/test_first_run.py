@@ -13,19 +13,9 @@ from ingest.config import KNOWN_ENV_VARS, ConfigError, Settings, unknown_env_nam
 
 from .harness.engine import count_rows
 from .harness.ports import busy_port
-from .harness.service import Service, command
+from .harness.service import Service, command, one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def one_line_error(output: str, *words: str) -> str:
-    """The output holds our one `ingest: ...` line (with these words), and no traceback."""
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.startswith("ingest: ")]
-    assert len(lines) == 1, output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 # -- a relative CLICKHOUSE_URL ----------------------------------------------------------------------------------

@@ -9,19 +9,9 @@ import pytest
 
 from .harness.engine import count_rows
 from .harness.ports import busy_port
-from .harness.service import Service, command
+from .harness.service import Service, command, one_line_error
 
 pytestmark = pytest.mark.slow
-
-
-def one_line_error(output: str, *words: str) -> str:
-    """The output holds our one `ingest: ...` line (with these words), and no traceback."""
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.startswith("ingest: ")]
-    assert len(lines) == 1, output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def test_a_second_service_on_the_same_log_directory_refuses_to_start(tmp_path):

@@ -28,6 +28,16 @@ def command(args: list[str], cwd: Path, timeout: float = 120, **env: str) -> sub
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def one_line_error(output: str, *words: str) -> str:
+    """The output holds our one `ingest: ...` line (with these words), and no traceback."""
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("ingest: ")]
+    assert len(lines) == 1, output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
 def fetch(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
     """(status, body) of a GET, or of a JSON POST when data is given; error statuses are returned, not raised."""
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
