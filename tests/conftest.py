@@ -21,8 +21,10 @@ def default_port_taken():
     service in another terminal would: a test that needs the default port free fails on every run, not only on some
     machines. It answers by closing the connection, so a client sent there by mistake fails at once."""
     try:
-        listener = socket.create_server(("127.0.0.1", 3001))
-    except OSError:  # taken already (that service, or another test process of this run): the same situation
+        # Each test process of a parallel run (pytest -n) holds a listener of its own (SO_REUSEPORT): with only the
+        # first one holding it, the port came free when that process finished before the others.
+        listener = socket.create_server(("127.0.0.1", 3001), reuse_port=True)
+    except OSError:  # taken already, by a process that shares it with no one (the Quickstart's service)
         yield
         return
 
