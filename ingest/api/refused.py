@@ -29,15 +29,15 @@ class RefusedRequests:
         cause = (route, status, code)
         now = self._clock()
         window = self._causes.get(cause)
+        if window is not None and now - window[0] < self.interval:
+            window[1] += 1  # a flood's common case: counted, nothing formatted
+            return
         where = f"{method[:16]} {path[:100]!r}: {status} {code[:40]} ({message[:300]}) from {remote}"
         if window is None:
             if len(self._causes) >= MAX_CAUSES:
                 self._causes.clear()
-            self._causes[cause] = [now, 0]
             log.info("refused %s; more of this kind are counted, one line a minute at most", where)
-        elif now - window[0] < self.interval:
-            window[1] += 1
         else:
             log.info("refused %d more like this in the last %.0f s, the latest %s", window[1] + 1, now - window[0],
                      where)
-            self._causes[cause] = [now, 0]
+        self._causes[cause] = [now, 0]
