@@ -69,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         # urllib3's and clickhouse-connect's lines about our client's retries: the service says each failure once.
         handler.addFilter(ClientChatter())
-    if args.command != "serve":
-        # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not. A filter on the
-        # handler, because a library may set its own logger's level when it is imported.
-        for handler in logging.getLogger().handlers:
+        if args.command != "serve":
+            # A command's answer is its output; libraries' retry chatter (urllib3, the client) is not. A filter on
+            # the handler, because a library may set its own logger's level when it is imported.
             handler.addFilter(lambda record: record.name.startswith("ingest") or record.levelno >= logging.ERROR)
     try:
         if args.command == "serve":
